@@ -1,0 +1,32 @@
+# Two commands do all set-up on a fresh machine: `make train` and `make test`.
+# Both create .venv/ from requirements.txt on first use and install this package into it.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: train test test-all venv clean
+
+$(STAMP): requirements.txt setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Pong with the paper's Atari settings (experiments/atari.py defaults); progress on the terminal.
+train: $(STAMP)
+	$(PY) experiments/atari.py $(ARGS)
+
+# The CI suite: everything except tests marked `slow` (long learning runs).
+test: $(STAMP)
+	$(PY) -m pytest tests -m "not slow" $(ARGS)
+
+# Everything, slow learning runs included.
+test-all: $(STAMP)
+	$(PY) -m pytest tests $(ARGS)
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,60 @@
+"""The data that flows through the system: env → actor → inference → queue → learner.
+
+Everything is time-major. An unroll holds T+1 timesteps: the last timestep of one unroll is the
+first of the next (it supplies the bootstrap value V(x_T)).
+
+Timestep alignment (index t = 0..T, following EnvPool's "next-step autoreset"):
+  observation[t]   x_t, the observation the agent acted on at t.
+  reward[t]        the reward that arrived *with* x_t (the reward of the previous step).
+  terminated[t]    x_t is a terminal state: no value beyond it (discount 0).
+  truncated[t]     x_t was cut off by a time limit: the episode continues in principle, so V(x_t)
+                   is still bootstrapped from.
+  first[t]         x_t is the first observation of an episode (resets the recurrent core).
+  action[t]        a_t, the action taken at x_t.
+  behaviour_log_prob[t]  log μ(a_t|x_t) under the acting parameters.
+  policy_version[t]      version of the parameters that chose a_t.
+
+When x_t ends an episode (terminated or truncated), EnvPool ignores a_t and resets: step t is
+not a real transition and the learner masks it out (see `learner_inputs` in `impala_jax.learner`).
+"""
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+# Recurrent state of the network core: a pytree of arrays with a leading batch dimension, or ()
+# for a feed-forward network.
+CoreState = Any
+
+
+class Unroll(NamedTuple):
+  """T+1 timesteps of B environments, time-major. Shapes as in the module docstring.
+
+  Attributes:
+    observation: `[T+1, B, *obs_shape]`, EnvPool's dtype (uint8 for Atari).
+    reward: `[T+1, B]` float32.
+    terminated: `[T+1, B]` bool.
+    truncated: `[T+1, B]` bool.
+    first: `[T+1, B]` bool.
+    action: `[T+1, B]` int32 (discrete) or `[T+1, B, action_dim]` float32 (continuous).
+    behaviour_log_prob: `[T+1, B]` float32.
+    policy_version: `[T+1, B]` int32.
+    core_state: the core state before timestep 0, leaves `[B, ...]`; () without a core.
+  """
+
+  observation: np.ndarray
+  reward: np.ndarray
+  terminated: np.ndarray
+  truncated: np.ndarray
+  first: np.ndarray
+  action: np.ndarray
+  behaviour_log_prob: np.ndarray
+  policy_version: np.ndarray
+  core_state: CoreState
+
+
+class EpisodeStats(NamedTuple):
+  """One finished episode, scored as the game scores it (unclipped, all lives)."""
+
+  episode_return: float
+  episode_length: int

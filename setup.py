@@ -1,0 +1,37 @@
+"""impala_jax: IMPALA with V-trace and SEED-style central inference, in JAX."""
+
+import setuptools
+
+setuptools.setup(
+    name="impala_jax",
+    version="0.1.0",
+    description="IMPALA (Espeholt et al. 2018) in JAX: V-trace, EnvPool actors, "
+    "SEED-style central inference, pmapped learner.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["impala_jax", "impala_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.10,<0.11",
+        "flax>=0.12,<0.13",
+        "optax>=0.2.8,<0.3",
+        "chex>=0.1.92",
+        "rlax>=0.1.9",
+        "dm-env>=1.6",
+        "envpool>=1.2.5,<2",
+        "envpool-assets>=0.3",
+        "absl-py>=2.0",
+        "numpy>=2.0",
+        "orbax-checkpoint>=0.12,<0.13",
+        "tensorboardX>=2.6",
+        "tqdm>=4.60",
+        "psutil>=5.9",
+    ],
+    extras_require={
+        # JAX's CUDA 12 wheels (bundled CUDA/cuDNN); see BUILD.md.
+        "cuda": ["jax[cuda12]>=0.10,<0.11"],
+        # Cloud TPU VMs.
+        "tpu": ["jax[tpu]>=0.10,<0.11"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "matplotlib>=3.8"],
+    },
+)
