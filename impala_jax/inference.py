@@ -1,0 +1,285 @@
+"""The central inference server (SEED RL, Espeholt et al. 2020): actors never run the network.
+
+Actor threads call `InferenceServer.act` with the observations of the environments that just
+answered. One server thread gathers the requests that arrive within a short window, runs the
+policy once on the whole batch with one jitted call on the accelerator, and hands each actor its
+slice of the actions. Per-environment recurrent state lives here, in a device-resident table
+indexed by global environment id, so actors stay network-agnostic.
+
+Parameters are swapped atomically: `update_params` replaces one `(params, version)` tuple, and a
+batch reads that tuple once, so every action of a batch comes from one parameter version.
+"""
+
+import concurrent.futures
+import queue
+import threading
+import time
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from impala_jax import types
+
+# How often blocked calls wake up to check whether the server is still alive.
+_POLL_SECONDS = 0.1
+
+
+class ActResult(NamedTuple):
+  """What an actor gets back for one request of n environments.
+
+  Attributes:
+    action: `[n]` int32 or `[n, action_dim]` float32.
+    behaviour_log_prob: `[n]` float32, log μ(a|x) under the parameters that acted.
+    policy_version: the version of those parameters.
+    core_state: the recurrent state *before* this step, leaves `[n, ...]`; () without a core.
+  """
+
+  action: np.ndarray
+  behaviour_log_prob: np.ndarray
+  policy_version: int
+  core_state: types.CoreState
+
+
+class _Request(NamedTuple):
+  env_ids: np.ndarray  # [n] int32, global environment ids
+  observation: np.ndarray  # [n, *obs_shape]
+  first: np.ndarray  # [n] bool
+  future: concurrent.futures.Future
+
+
+class InferenceStats(NamedTuple):
+  batches: int
+  mean_batch_size: float  # environments per policy call
+  mean_requests_per_batch: float
+  mean_latency_ms: float  # policy call, device→host copy included
+
+
+def make_policy_step(apply_fn: Callable[..., Any], initial_core_state: types.CoreState):
+  """Builds the jitted batched step: gather core state, run the net, sample, scatter state.
+
+  Args:
+    apply_fn: `apply_fn(params, observation [1, N, ...], first [1, N], core_state) ->
+      (AgentOutput with leaves [1, N, ...], new_core_state)`.
+    initial_core_state: the core state of one environment, leaves `[1, ...]` (zeros), or ().
+
+  Returns:
+    `step(params, state_table, env_ids [N], observation [N, ...], first [N], key) ->
+    (new_state_table, action [N], log_prob [N], core_state_before [N, ...])`. Row
+    `num_envs` of the state table is scratch space for padding entries.
+  """
+
+  def step(params, state_table, env_ids, observation, first, key):
+    core_state = jax.tree.map(lambda table: table[env_ids], state_table)
+    # Reset the recurrent state of environments starting an episode.
+    core_state = jax.tree.map(
+        lambda s, init: jnp.where(first.reshape((-1,) + (1,) * (s.ndim - 1)), init, s),
+        core_state, initial_core_state)
+    output, new_core_state = apply_fn(params, observation[None], first[None], core_state)
+    policy = jax.tree.map(lambda x: x[0], output.policy)
+    action = policy.sample(key)
+    log_prob = policy.log_prob(action)
+    new_table = jax.tree.map(lambda table, s: table.at[env_ids].set(s), state_table,
+                             new_core_state)
+    return new_table, action, log_prob, core_state
+
+  return jax.jit(step, donate_argnums=(1,))
+
+
+class InferenceServer:
+  """Batches action requests from all actor threads into one accelerator call.
+
+  Owns one thread; `start()` launches it, `close()` stops and joins it. If the thread fails,
+  every pending and later `act` call raises, and `error` holds the cause.
+  """
+
+  def __init__(self,
+               apply_fn: Callable[..., Any],
+               params: Any,
+               initial_core_state: types.CoreState,
+               num_envs: int,
+               batch_sizes: Sequence[int],
+               seed: int,
+               batch_wait_ms: float = 1.0,
+               expected_requests: Optional[int] = None):
+    """Args:
+      apply_fn: the network's apply, see `make_policy_step`.
+      params: initial parameters (version 0).
+      initial_core_state: one environment's zero core state, leaves `[1, ...]`, or ().
+      num_envs: total environments over all actors; their ids are 0..num_envs-1.
+      batch_sizes: the sizes a policy call may have; a batch is padded up to the smallest that
+        fits, so the step compiles once per size (e.g. k × the actors' request size for
+        k = 1..num_actors). The largest is the most environments one call takes.
+      seed: seeds action sampling.
+      batch_wait_ms: after the first request, wait this long for more before running.
+      expected_requests: stop waiting as soon as this many requests are in (e.g. the number of
+        actor threads: each has at most one request outstanding).
+    """
+    self._step = make_policy_step(apply_fn, initial_core_state)
+    self._params_and_version: Tuple[Any, int] = (params, 0)
+    self._num_envs = num_envs
+    self._batch_sizes = sorted(set(int(b) for b in batch_sizes))
+    self._max_batch_size = self._batch_sizes[-1]
+    self._batch_wait_s = batch_wait_ms / 1000.0
+    self._expected_requests = expected_requests
+    self._key = jax.random.PRNGKey(seed)
+    # One extra row absorbs the writes of padding entries.
+    self._state_table = jax.tree.map(
+        lambda s: jnp.zeros((num_envs + 1,) + s.shape[1:], s.dtype), initial_core_state)
+    self._requests: "queue.Queue[_Request]" = queue.Queue()
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._run, name="inference-server", daemon=True)
+    self._error: Optional[BaseException] = None
+    self._stats_lock = threading.Lock()
+    self._batches = 0
+    self._batched_envs = 0
+    self._batched_requests = 0
+    self._latency_s = 0.0
+
+  # -- lifetime ---------------------------------------------------------------------------------
+
+  def start(self) -> "InferenceServer":
+    self._thread.start()
+    return self
+
+  def close(self) -> None:
+    self._stop.set()
+    if self._thread.is_alive():
+      self._thread.join()
+    self._fail_pending(RuntimeError("The inference server was closed."))
+
+  def __enter__(self):
+    return self.start()
+
+  def __exit__(self, *exc):
+    self.close()
+
+  @property
+  def error(self) -> Optional[BaseException]:
+    return self._error
+
+  def is_alive(self) -> bool:
+    return self._thread.is_alive()
+
+  # -- parameters -------------------------------------------------------------------------------
+
+  def update_params(self, params: Any, version: int) -> None:
+    """Atomically replaces the acting parameters (one tuple assignment)."""
+    self._params_and_version = (params, version)
+
+  @property
+  def policy_version(self) -> int:
+    return self._params_and_version[1]
+
+  # -- the client side, called from actor threads ----------------------------------------------
+
+  def act(self, env_ids: np.ndarray, observation: np.ndarray, first: np.ndarray) -> ActResult:
+    """Blocks until the server has chosen actions for these environments.
+
+    Args:
+      env_ids: `[n]` global environment ids in [0, num_envs).
+      observation: `[n, *obs_shape]`.
+      first: `[n]` bool, True where the observation starts an episode.
+
+    Raises:
+      RuntimeError: the server stopped or failed.
+    """
+    if len(env_ids) > self._max_batch_size:
+      raise ValueError(f"A request of {len(env_ids)} environments exceeds the server's "
+                       f"max_batch_size={self._max_batch_size}.")
+    future = concurrent.futures.Future()
+    self._requests.put(_Request(np.asarray(env_ids, np.int32), observation,
+                                np.asarray(first, bool), future))
+    while True:
+      try:
+        return future.result(timeout=_POLL_SECONDS)
+      except concurrent.futures.TimeoutError:
+        if self._error is not None:
+          raise RuntimeError("The inference server failed.") from self._error
+        if self._stop.is_set() and not self._thread.is_alive():
+          raise RuntimeError("The inference server was closed.")
+
+  def stats(self, reset: bool = True) -> InferenceStats:
+    with self._stats_lock:
+      batches = max(self._batches, 1)
+      stats = InferenceStats(self._batches, self._batched_envs / batches,
+                             self._batched_requests / batches, 1000 * self._latency_s / batches)
+      if reset:
+        self._batches = self._batched_envs = self._batched_requests = 0
+        self._latency_s = 0.0
+    return stats
+
+  # -- the server thread ------------------------------------------------------------------------
+
+  def _run(self) -> None:
+    try:
+      while not self._stop.is_set():
+        batch = self._gather()
+        if batch:
+          self._serve(batch)
+    except BaseException as e:  # pylint: disable=broad-except
+      self._error = e
+      self._fail_pending(e)
+
+  def _gather(self) -> List[_Request]:
+    try:
+      batch = [self._requests.get(timeout=_POLL_SECONDS)]
+    except queue.Empty:
+      return []
+    size = len(batch[0].env_ids)
+    deadline = time.monotonic() + self._batch_wait_s
+    while self._expected_requests is None or len(batch) < self._expected_requests:
+      remaining = deadline - time.monotonic()
+      try:
+        request = (self._requests.get(timeout=remaining) if remaining > 0 else
+                   self._requests.get_nowait())
+      except queue.Empty:
+        break
+      if size + len(request.env_ids) > self._max_batch_size:
+        self._requests.put(request)  # Serve it in the next batch.
+        break
+      batch.append(request)
+      size += len(request.env_ids)
+    return batch
+
+  def _serve(self, batch: List[_Request]) -> None:
+    start = time.perf_counter()
+    sizes = [len(r.env_ids) for r in batch]
+    n = sum(sizes)
+    # Pad to a fixed size so the jitted step compiles once, whatever the batch composition.
+    padded = next(b for b in self._batch_sizes if b >= n)
+    env_ids = np.full((padded,), self._num_envs, np.int32)
+    env_ids[:n] = np.concatenate([r.env_ids for r in batch])
+    observation = np.zeros((padded,) + batch[0].observation.shape[1:],
+                           batch[0].observation.dtype)
+    np.concatenate([r.observation for r in batch], out=observation[:n])
+    first = np.zeros((padded,), bool)
+    first[:n] = np.concatenate([r.first for r in batch])
+
+    params, version = self._params_and_version
+    self._key, key = jax.random.split(self._key)
+    self._state_table, action, log_prob, core_state = self._step(
+        params, self._state_table, env_ids, observation, first, key)
+    action, log_prob, core_state = jax.device_get((action, log_prob, core_state))
+
+    offset = 0
+    for request, size in zip(batch, sizes):
+      sl = slice(offset, offset + size)
+      request.future.set_result(
+          ActResult(action[sl], log_prob[sl], version, jax.tree.map(lambda x: x[sl], core_state)))
+      offset += size
+    with self._stats_lock:
+      self._batches += 1
+      self._batched_envs += n
+      self._batched_requests += len(batch)
+      self._latency_s += time.perf_counter() - start
+
+  def _fail_pending(self, error: BaseException) -> None:
+    while True:
+      try:
+        request = self._requests.get_nowait()
+      except queue.Empty:
+        return
+      if not request.future.done():
+        request.future.set_exception(error)

@@ -1,0 +1,125 @@
+"""Tests for the central inference server (impala_jax/inference.py)."""
+
+import threading
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from impala_jax import distributions
+from impala_jax import inference
+
+OBS_DIM = 3
+NUM_ACTIONS = 4
+
+
+class _Output(NamedTuple):
+  policy: distributions.Categorical
+  value: jax.Array
+
+
+def _apply(params, observation, first, core_state):
+  """A fake network: logits = obs @ params; the core state counts steps since `first`."""
+  del first  # The server resets the state itself.
+  logits = observation.astype(jnp.float32) @ params  # [1, N, A]
+  counter = core_state + 1.0
+  return _Output(distributions.Categorical(logits), counter[None, :, 0]), counter
+
+
+def _server(num_envs=8, batch_sizes=(2, 4, 8), **kwargs):
+  params = jnp.zeros((OBS_DIM, NUM_ACTIONS))
+  return inference.InferenceServer(_apply, params, jnp.zeros((1, 1)), num_envs=num_envs,
+                                   batch_sizes=batch_sizes, seed=0, **kwargs)
+
+
+def test_act_returns_valid_actions_and_log_probs():
+  with _server() as server:
+    obs = np.ones((2, OBS_DIM), np.float32)
+    result = server.act(np.array([0, 1]), obs, np.array([True, True]))
+  assert result.action.shape == (2,) and result.action.dtype == np.int32
+  assert np.all((result.action >= 0) & (result.action < NUM_ACTIONS))
+  # Zero params: a uniform policy, log μ = −log 4.
+  np.testing.assert_allclose(result.behaviour_log_prob, -np.log(NUM_ACTIONS), rtol=1e-6)
+  assert result.policy_version == 0
+
+
+def test_recurrent_state_is_kept_per_environment_and_reset_on_first():
+  with _server() as server:
+    obs = np.zeros((2, OBS_DIM), np.float32)
+    server.act(np.array([0, 1]), obs, np.array([True, True]))
+    server.act(np.array([0, 1]), obs, np.array([False, False]))
+    # Env 0 continues (two steps done before this one), env 1 starts a new episode.
+    result = server.act(np.array([0, 1]), obs, np.array([False, True]))
+    # core_state is the state *before* this step.
+    np.testing.assert_allclose(result.core_state[:, 0], [2.0, 0.0])
+    # Env 5 was never stepped: its row is untouched by others' padding.
+    result = server.act(np.array([5, 0]), obs, np.array([False, False]))
+    np.testing.assert_allclose(result.core_state[:, 0], [0.0, 3.0])
+
+
+def test_parameter_swap_changes_policy_and_version():
+  with _server() as server:
+    obs = np.ones((2, OBS_DIM), np.float32)
+    params = jnp.zeros((OBS_DIM, NUM_ACTIONS)).at[:, 2].set(100.0)  # Always action 2.
+    server.update_params(params, version=7)
+    result = server.act(np.array([0, 1]), obs, np.array([True, True]))
+  np.testing.assert_array_equal(result.action, [2, 2])
+  assert result.policy_version == 7
+
+
+def test_batches_requests_from_several_actor_threads():
+  num_threads, per_request, calls = 4, 2, 40
+  server = _server(num_envs=num_threads * per_request,
+                   batch_sizes=[per_request * k for k in range(1, num_threads + 1)],
+                   batch_wait_ms=20.0, expected_requests=num_threads)
+  errors = []
+
+  def actor(i):
+    try:
+      ids = np.arange(i * per_request, (i + 1) * per_request)
+      obs = np.zeros((per_request, OBS_DIM), np.float32)
+      for _ in range(calls):
+        server.act(ids, obs, np.zeros(per_request, bool))
+    except Exception as e:  # pylint: disable=broad-except
+      errors.append(e)
+
+  with server:
+    server.stats()  # reset
+    threads = [threading.Thread(target=actor, args=(i,)) for i in range(num_threads)]
+    for t in threads:
+      t.start()
+    for t in threads:
+      t.join(timeout=60)
+    stats = server.stats()
+  assert not errors
+  assert stats.batches * stats.mean_batch_size == pytest.approx(num_threads * per_request * calls)
+  # The point of central inference: one policy call serves several actors.
+  assert stats.mean_batch_size > per_request
+  assert stats.mean_requests_per_batch > 1.0
+
+
+def test_oversized_request_is_rejected():
+  with _server() as server:
+    with pytest.raises(ValueError, match="max_batch_size=8"):
+      server.act(np.arange(9), np.zeros((9, OBS_DIM), np.float32), np.zeros(9, bool))
+
+
+def test_failure_in_server_thread_reaches_the_caller():
+  def broken_apply(params, observation, first, core_state):
+    raise ValueError("broken network")
+
+  server = inference.InferenceServer(broken_apply, jnp.zeros(()), (), num_envs=2,
+                                     batch_sizes=[2], seed=0)
+  with server:
+    with pytest.raises(RuntimeError, match="inference server failed"):
+      server.act(np.arange(2), np.zeros((2, OBS_DIM), np.float32), np.ones(2, bool))
+    assert isinstance(server.error, ValueError)
+
+
+def test_close_joins_the_thread():
+  server = _server().start()
+  server.close()
+  assert not server.is_alive()
+  assert not any(t.name == "inference-server" for t in threading.enumerate())
