@@ -1,0 +1,165 @@
+"""Tests for the learner (impala_jax/learner.py): input alignment, batching, updates."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from impala_jax import config as config_lib
+from impala_jax import learner as learner_lib
+from impala_jax import networks
+from impala_jax import types
+
+T = 5  # unroll_length; unrolls carry T+1 timesteps
+OBS_DIM = 4
+NUM_ACTIONS = 2
+
+
+def make_unroll(rng: np.random.Generator, use_lstm=False, lstm_size=8) -> types.Unroll:
+  """One random unroll with leaves [T+1, 1, ...] (time, env), episode ends inside."""
+  terminated = np.zeros((T + 1, 1), bool)
+  truncated = np.zeros((T + 1, 1), bool)
+  terminated[2, 0] = True  # x_2 terminal: step 2 is EnvPool's autoreset step.
+  truncated[4, 0] = True
+  first = np.zeros((T + 1, 1), bool)
+  first[3, 0] = first[5, 0] = True
+  core_state = ()
+  if use_lstm:
+    core_state = networks.LSTMState(
+        cell=rng.normal(size=(1, lstm_size)).astype(np.float32),
+        hidden=rng.normal(size=(1, lstm_size)).astype(np.float32))
+  return types.Unroll(
+      observation=rng.normal(size=(T + 1, 1, OBS_DIM)).astype(np.float32),
+      reward=rng.normal(size=(T + 1, 1)).astype(np.float32),
+      terminated=terminated, truncated=truncated, first=first,
+      action=rng.integers(0, NUM_ACTIONS, size=(T + 1, 1)).astype(np.int32),
+      behaviour_log_prob=np.log(rng.uniform(0.2, 0.8, size=(T + 1, 1))).astype(np.float32),
+      policy_version=np.full((T + 1, 1), 3, np.int32),
+      core_state=core_state)
+
+
+def test_learner_inputs_align_rewards_discounts_and_mask_with_steps():
+  unroll = make_unroll(np.random.default_rng(0))
+  inputs = learner_lib.learner_inputs(jax.tree.map(jnp.asarray, unroll), discount=0.9)
+  time_axis_length = inputs.rewards.shape[0]
+  assert time_axis_length == T
+  # Step t's reward arrives with x_{t+1}.
+  np.testing.assert_allclose(inputs.rewards[:, 0], unroll.reward[1:, 0])
+  # Step 1 leads into the terminal x_2: no bootstrap. Step 3 leads into the truncated x_4:
+  # it still bootstraps (γ, not 0).
+  np.testing.assert_allclose(inputs.discounts[:, 0], [0.9, 0.0, 0.9, 0.9, 0.9])
+  # Steps 2 and 4 start from an ended episode: EnvPool's autoreset steps, masked out.
+  np.testing.assert_allclose(inputs.mask[:, 0], [1, 1, 0, 1, 0])
+  np.testing.assert_array_equal(inputs.actions[:, 0], unroll.action[:-1, 0])
+
+
+def test_stack_unrolls_lays_out_devices_then_batch_then_time():
+  rng = np.random.default_rng(0)
+  unrolls = [make_unroll(rng) for _ in range(4)]
+  batch = learner_lib.stack_unrolls(unrolls, num_devices=2)
+  assert batch.observation.shape == (2, 2, T + 1, OBS_DIM)  # [device, batch, time, ...]
+  np.testing.assert_array_equal(batch.observation[1, 0], unrolls[2].observation[:, 0])
+  np.testing.assert_array_equal(batch.reward[0, 1], unrolls[1].reward[:, 0])
+
+
+def _config(**kwargs):
+  defaults = dict(
+      network=config_lib.NetworkConfig(torso="mlp", mlp_hidden_sizes=(16,)),
+      unroll_length=T, batch_size=4, queue_capacity=8, total_env_steps=10_000,
+      optimizer=config_lib.OptimizerConfig(learning_rate=1e-2))
+  return config_lib.TrainConfig(**{**defaults, **kwargs})
+
+
+def _learner(config, devices=None, seed=0):
+  network = networks.make_network(config.network, num_actions=NUM_ACTIONS)
+  params = network.init(jax.random.PRNGKey(seed), jnp.zeros((1, 1, OBS_DIM)),
+                        jnp.ones((1, 1), bool), network.initial_state(1))
+  return learner_lib.Learner(network.apply, params, config, devices=devices)
+
+
+def test_updates_reduce_the_loss_on_a_fixed_batch_and_count_steps():
+  rng = np.random.default_rng(1)
+  unrolls = [make_unroll(rng) for _ in range(4)]
+  learner = _learner(_config(loss=config_lib.LossConfig(entropy_cost=0.0)))
+  first = learner.step(unrolls)
+  for _ in range(30):
+    last = learner.step(unrolls)
+  assert learner.update_step == 31
+  assert last["baseline_loss"] < first["baseline_loss"]
+  assert np.isfinite(last["grad_norm"]) and last["finite"] == 1.0
+  assert first["policy_version_mean"] == pytest.approx(3.0)
+
+
+def test_published_params_follow_updates():
+  rng = np.random.default_rng(2)
+  learner = _learner(_config())
+  before = learner.params()
+  learner.step([make_unroll(rng) for _ in range(4)])
+  after = learner.params()
+  diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), before, after))
+  assert max(diffs) > 0
+
+
+def test_non_finite_update_is_not_applied():
+  rng = np.random.default_rng(3)
+  unrolls = [make_unroll(rng) for _ in range(4)]
+  unrolls[0] = unrolls[0]._replace(reward=np.full_like(unrolls[0].reward, np.nan))
+  learner = _learner(_config())
+  before = learner.state()
+  metrics = learner.step(unrolls)
+  assert metrics["finite"] == 0.0
+  after = learner.state()
+  jax.tree.map(np.testing.assert_array_equal, before.params, after.params)
+  assert learner.update_step == 0
+
+
+def test_lstm_learner_runs_with_core_state():
+  rng = np.random.default_rng(4)
+  config = _config(network=config_lib.NetworkConfig(torso="mlp", mlp_hidden_sizes=(16,),
+                                                    use_lstm=True, lstm_size=8))
+  network = networks.make_network(config.network, num_actions=NUM_ACTIONS)
+  params = network.init(jax.random.PRNGKey(0), jnp.zeros((1, 1, OBS_DIM)),
+                        jnp.ones((1, 1), bool), network.initial_state(1))
+  learner = learner_lib.Learner(network.apply, params, config)
+  metrics = learner.step([make_unroll(rng, use_lstm=True) for _ in range(4)])
+  assert metrics["finite"] == 1.0
+
+
+def test_batch_size_not_divisible_by_devices_fails_early():
+  with pytest.raises(ValueError, match="batch_size=3 is not divisible by the 2 local devices"):
+    _config(batch_size=3).check_devices(2)
+
+
+_TWO_DEVICE_SCRIPT = textwrap.dedent("""
+    import jax, numpy as np, sys
+    sys.path.insert(0, {tests_dir!r})
+    import test_learner as t
+    assert jax.local_device_count() == 2, jax.devices()
+    rng = np.random.default_rng(5)
+    unrolls = [t.make_unroll(rng) for _ in range(4)]
+    results = []
+    for devices in (jax.local_devices()[:1], jax.local_devices()):
+      learner = t._learner(t._config(), devices=devices)
+      for _ in range(3):
+        metrics = learner.step(unrolls)
+      results.append((learner.state().params, metrics))
+    (p1, m1), (p2, m2) = results
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), p1, p2)
+    np.testing.assert_allclose(m1["grad_norm"], m2["grad_norm"], rtol=1e-4)
+    print("SAME_PARAMS")
+""")
+
+
+def test_two_devices_give_the_same_update_as_one():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu")
+  script = _TWO_DEVICE_SCRIPT.format(tests_dir=os.path.dirname(__file__))
+  out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "SAME_PARAMS" in out.stdout
