@@ -1,0 +1,31 @@
+r"""IMPALA on Atari with the paper's settings (Espeholt et al. 2018, Table G.1).
+
+    python experiments/atari.py                      # Pong-v5, shallow network
+    python experiments/atari.py --env=Breakout-v5 --network=deep
+    python experiments/atari.py --logdir=runs/pong --resume
+
+`--helpfull` lists every flag. Frames = env steps × 4 (action repeat).
+"""
+
+import os
+import sys
+
+from absl import app
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+common.define_flags(dict(
+    env="Pong-v5",
+    total_env_steps=50_000_000,  # 200M frames, the paper's Atari budget.
+    logdir="runs/atari",
+    num_envs=16,
+    num_actor_threads=2,
+    unroll_length=20,
+    batch_size=32,
+    learning_rate=6e-4,
+    network="shallow",
+))
+
+if __name__ == "__main__":
+  app.run(common.main)

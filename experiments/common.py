@@ -1,0 +1,116 @@
+"""Flags shared by the experiment scripts, and their translation into a `TrainConfig`.
+
+This is the only place flags are read: everything below `impala_jax` takes frozen configs.
+"""
+
+import logging as std_logging
+import sys
+from typing import Any, Dict
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from impala_jax import config as config_lib
+from impala_jax import runtime
+
+
+def define_flags(defaults: Dict[str, Any]) -> None:
+  """Defines the common flags with per-script `defaults` (keyed by flag name)."""
+  d = defaults
+  flags.DEFINE_string("env", d["env"], "EnvPool task id, e.g. Pong-v5, CartPole-v1, "
+                      "HalfCheetah-v4.")
+  flags.DEFINE_integer("total_env_steps", d["total_env_steps"],
+                       "Agent steps (not frames) for the learner to consume.")
+  flags.DEFINE_integer("seed", 0, "Seeds parameters, action sampling and environments.")
+  flags.DEFINE_string("logdir", d["logdir"], "Run directory: metrics.csv, TensorBoard events, "
+                      "checkpoints/.")
+  flags.DEFINE_integer("num_envs", d["num_envs"], "Environments per actor thread.")
+  flags.DEFINE_integer("env_batch_size", d.get("env_batch_size", 0),
+                       "Environments per EnvPool recv(); 0 means num_envs (all of them). "
+                       "Smaller values let EnvPool step the rest asynchronously.")
+  flags.DEFINE_integer("env_threads", 0, "EnvPool worker threads per actor; 0 lets EnvPool "
+                       "decide.")
+  flags.DEFINE_integer("num_actor_threads", d["num_actor_threads"], "Actor threads.")
+  flags.DEFINE_integer("unroll_length", d["unroll_length"], "T, agent steps per unroll.")
+  flags.DEFINE_integer("batch_size", d["batch_size"], "Unrolls per learner update; must be "
+                       "divisible by the number of local devices.")
+  flags.DEFINE_integer("queue_capacity", d.get("queue_capacity", 0),
+                       "Unrolls the actor→learner queue holds; 0 means 2 × batch_size.")
+  flags.DEFINE_float("learning_rate", d["learning_rate"], "Initial learning rate.")
+  flags.DEFINE_enum("optimizer", d.get("optimizer", "rmsprop"), ["rmsprop", "adam"],
+                    "Optimizer (the paper uses RMSProp).")
+  flags.DEFINE_bool("anneal_learning_rate", True, "Decay the learning rate linearly to 0.")
+  flags.DEFINE_float("max_grad_norm", 40.0, "Global gradient norm clip; <= 0 disables.")
+  flags.DEFINE_float("discount", d.get("discount", 0.99), "γ.")
+  flags.DEFINE_float("entropy_cost", d.get("entropy_cost", 0.01), "Entropy bonus weight.")
+  flags.DEFINE_float("baseline_cost", d.get("baseline_cost", 0.5), "Value loss weight.")
+  flags.DEFINE_enum("loss_reduction", "sum", ["sum", "mean"],
+                    "Sum over time and batch (the paper) or mean over transitions.")
+  flags.DEFINE_enum("network", d["network"], ["shallow", "deep", "mlp"], "Torso.")
+  flags.DEFINE_bool("use_lstm", False, "Add an LSTM core (state kept by the inference "
+                    "server).")
+  flags.DEFINE_list("mlp_hidden_sizes", d.get("mlp_hidden_sizes", ["64", "64"]),
+                    "Hidden layer sizes of the MLP torso.")
+  flags.DEFINE_bool("resume", False, "Continue from the latest checkpoint in --logdir.")
+  flags.DEFINE_float("checkpoint_interval_minutes", 10.0, "Minutes between checkpoints "
+                     "(one is always written at exit).")
+  flags.DEFINE_float("log_interval_seconds", d.get("log_interval_seconds", 10.0),
+                     "Seconds between metric rows.")
+  flags.DEFINE_float("inference_batch_wait_ms", 1.0, "How long the inference server waits "
+                     "for more actors' requests before running a batch.")
+  flags.DEFINE_bool("progress", True, "Show a progress bar.")
+  flags.DEFINE_integer("max_episode_steps", 0, "Time limit per episode (truncation); 0 keeps "
+                       "the task's default.")
+
+
+def config_from_flags() -> config_lib.TrainConfig:
+  """Builds the frozen config; invalid values raise ValueError naming the flag to change."""
+  f = flags.FLAGS
+  env = config_lib.EnvConfig(
+      env_id=f.env, num_envs=f.num_envs, batch_size=f.env_batch_size or None,
+      num_threads=f.env_threads, seed=f.seed, max_episode_steps=f.max_episode_steps or None)
+  network = config_lib.NetworkConfig(
+      torso=f.network, use_lstm=f.use_lstm,
+      mlp_hidden_sizes=tuple(int(s) for s in f.mlp_hidden_sizes))
+  loss = config_lib.LossConfig(discount=f.discount, baseline_cost=f.baseline_cost,
+                               entropy_cost=f.entropy_cost, reduction=f.loss_reduction)
+  optimizer = config_lib.OptimizerConfig(
+      optimizer=f.optimizer, learning_rate=f.learning_rate,
+      anneal_learning_rate=f.anneal_learning_rate,
+      max_grad_norm=f.max_grad_norm if f.max_grad_norm > 0 else None)
+  return config_lib.TrainConfig(
+      env=env, network=network, loss=loss, optimizer=optimizer,
+      num_actor_threads=f.num_actor_threads, unroll_length=f.unroll_length,
+      batch_size=f.batch_size, queue_capacity=f.queue_capacity or 2 * f.batch_size,
+      inference_batch_wait_ms=f.inference_batch_wait_ms, total_env_steps=f.total_env_steps,
+      seed=f.seed, logdir=f.logdir, resume=f.resume,
+      checkpoint_interval_minutes=f.checkpoint_interval_minutes,
+      log_interval_seconds=f.log_interval_seconds)
+
+
+class _QuietLibraries:
+  """A logging filter that drops INFO records from chatty libraries (Orbax logs every save)."""
+
+  def filter(self, record) -> bool:
+    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  try:
+    config = config_from_flags()
+    import jax  # pylint: disable=g-import-not-at-top
+    logging.info("JAX devices: %s", jax.local_devices())
+    config.check_devices(jax.local_device_count())
+    summary = runtime.train(config, show_progress=flags.FLAGS.progress)
+  except ValueError as e:
+    # Bad input (flags, env id, existing logdir): a clear message and a non-zero exit.
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  logging.info("Done (%s): %d env steps, %d updates, %.0f steps/s, %.1f min.",
+               summary.stop_reason, summary.env_steps, summary.updates,
+               summary.steps_per_second, summary.wall_seconds / 60)

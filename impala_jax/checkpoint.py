@@ -1,0 +1,61 @@
+"""Save and restore the whole training state with Orbax.
+
+A checkpoint is one numbered directory (the learner update count) holding the `TrainState`
+pytree (parameters, optimizer state, update counter) and a JSON record of the rest (environment
+steps consumed, the RNG seed stream position, the run's configuration). Orbax writes into a
+temporary directory and renames it when complete, so a run killed mid-save never leaves a
+half-written checkpoint behind; older checkpoints are pruned to `max_to_keep`.
+"""
+
+import os
+from typing import Any, Dict, Optional, Tuple
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Numbered, atomic checkpoints of (TrainState, metadata) under `directory`."""
+
+  def __init__(self, directory: str, max_to_keep: int = 3):
+    self._directory = os.path.abspath(directory)
+    # Synchronous saves: no background thread outlives a save, and the file is complete when
+    # `save` returns (checkpoints are small next to the time between them).
+    self._manager = ocp.CheckpointManager(
+        self._directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False,
+            cleanup_tmp_directories=True))
+
+  @property
+  def directory(self) -> str:
+    return self._directory
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: Any, metadata: Dict[str, Any]) -> None:
+    """Writes `state` (a pytree of host or device arrays) and JSON-able `metadata`."""
+    if step in self._manager.all_steps():
+      return  # Nothing new since the last save (e.g. an interval save just before exit).
+    self._manager.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                metadata=ocp.args.JsonSave(metadata)),
+        force=True)
+    self._manager.wait_until_finished()
+
+  def restore(self, template: Any, step: Optional[int] = None) -> Tuple[Any, Dict[str, Any]]:
+    """Restores the checkpoint `step` (default: latest) into the structure of `template`."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"No checkpoint to resume from in {self._directory}.")
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    restored = self._manager.restore(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                metadata=ocp.args.JsonRestore()))
+    return restored["state"], dict(restored["metadata"])
+
+  def close(self) -> None:
+    self._manager.close()

@@ -1,0 +1,50 @@
+"""Where metrics go: `metrics.csv` and TensorBoard event files in the run directory.
+
+Library code never prints; the terminal summary is the runtime's business (absl logging and a
+tqdm bar). The CSV's columns are fixed when the file is created; a resumed run appends to it.
+"""
+
+import csv
+import math
+import os
+from typing import Dict, Optional, Sequence
+
+from tensorboardX import SummaryWriter
+
+# Always present, in this order; other metrics follow in the order first seen.
+CSV_COLUMNS = ("env_steps", "episode_return", "episode_length", "episodes", "steps_per_second",
+               "policy_lag", "loss", "policy_loss", "baseline_loss", "entropy_loss", "entropy")
+
+
+class MetricsWriter:
+  """Appends rows to `<logdir>/metrics.csv` and scalars to TensorBoard under `<logdir>/tb`."""
+
+  def __init__(self, logdir: str, extra_columns: Sequence[str] = ()):
+    os.makedirs(logdir, exist_ok=True)
+    self.csv_path = os.path.join(logdir, "metrics.csv")
+    columns = list(CSV_COLUMNS) + [c for c in extra_columns if c not in CSV_COLUMNS]
+    if os.path.exists(self.csv_path) and os.path.getsize(self.csv_path) > 0:
+      with open(self.csv_path, newline="") as f:
+        columns = next(csv.reader(f))
+      self._file = open(self.csv_path, "a", newline="")
+      self._writer = csv.DictWriter(self._file, columns, extrasaction="ignore")
+    else:
+      self._file = open(self.csv_path, "w", newline="")
+      self._writer = csv.DictWriter(self._file, columns, extrasaction="ignore")
+      self._writer.writeheader()
+    self.columns = tuple(columns)
+    self._tensorboard = SummaryWriter(os.path.join(logdir, "tb"))
+
+  def write(self, row: Dict[str, float], step: Optional[int] = None) -> None:
+    """One CSV row (missing columns left empty) and one TensorBoard point per finite value."""
+    step = int(row.get("env_steps", 0)) if step is None else step
+    self._writer.writerow({k: v for k, v in row.items() if v is not None})
+    self._file.flush()
+    for name, value in row.items():
+      if name != "env_steps" and value is not None and math.isfinite(value):
+        self._tensorboard.add_scalar(name, value, step)
+    self._tensorboard.flush()
+
+  def close(self) -> None:
+    self._file.close()
+    self._tensorboard.close()

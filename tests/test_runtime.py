@@ -1,0 +1,173 @@
+"""End-to-end tests of the training system (impala_jax/runtime.py) on real EnvPool tasks."""
+
+import csv
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from impala_jax import config as config_lib
+from impala_jax import runtime
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def read_metrics(logdir):
+  with open(os.path.join(logdir, "metrics.csv"), newline="") as f:
+    return list(csv.DictReader(f))
+
+
+def _no_stray_threads():
+  names = [t.name for t in threading.enumerate()]
+  return not any(n.startswith("actor-") or n == "inference-server" for n in names), names
+
+
+def small_pong_config(logdir, **kwargs):
+  return config_lib.TrainConfig(
+      env=config_lib.EnvConfig("Pong-v5", num_envs=4, seed=1),
+      network=config_lib.NetworkConfig("shallow"),
+      num_actor_threads=2, unroll_length=20, batch_size=8, queue_capacity=16,
+      total_env_steps=2_000, logdir=str(logdir), log_interval_seconds=0.5, **kwargs)
+
+
+def test_short_pong_run_writes_metrics_and_checkpoint_and_resumes(tmp_path):
+  config = small_pong_config(tmp_path / "pong")
+  summary = runtime.train(config, show_progress=False)
+  assert summary.stop_reason == "completed"
+  assert summary.env_steps >= 2_000
+  rows = read_metrics(config.logdir)
+  for column in ("env_steps", "episode_return", "steps_per_second", "policy_lag", "loss",
+                 "policy_loss", "baseline_loss", "entropy_loss"):
+    assert column in rows[0]
+  assert int(rows[-1]["env_steps"]) == summary.env_steps
+  assert all(np.isfinite(float(r["loss"])) for r in rows)
+  checkpoints = os.listdir(os.path.join(config.logdir, "checkpoints"))
+  assert str(summary.updates) in checkpoints
+  assert os.listdir(os.path.join(config.logdir, "tb"))  # TensorBoard event file
+
+  # Resume: the step count continues from the checkpoint.
+  resumed = runtime.train(
+      dataclasses.replace(config, resume=True, total_env_steps=summary.env_steps + 800),
+      show_progress=False)
+  assert resumed.env_steps == summary.env_steps + 800
+  assert resumed.updates == summary.updates + 800 // config.steps_per_update
+  rows = read_metrics(config.logdir)
+  assert int(rows[-1]["env_steps"]) == resumed.env_steps
+  assert _no_stray_threads()[0]
+
+
+def test_refuses_to_overwrite_a_run_without_resume(tmp_path):
+  config = small_pong_config(tmp_path / "pong", )
+  config = dataclasses.replace(config, total_env_steps=160)
+  runtime.train(config, show_progress=False)
+  with pytest.raises(ValueError, match="--resume"):
+    runtime.train(config, show_progress=False)
+
+
+def test_dead_actor_stops_the_run_with_a_clear_error(tmp_path, monkeypatch):
+  from impala_jax import envs
+
+  real_to_env_action = envs.to_env_action
+  calls = {"n": 0}
+
+  def failing_to_env_action(actions, spec):
+    calls["n"] += 1
+    if calls["n"] > 30:
+      raise RuntimeError("simulated environment crash")
+    return real_to_env_action(actions, spec)
+
+  monkeypatch.setattr(envs, "to_env_action", failing_to_env_action)
+  config = dataclasses.replace(
+      small_pong_config(tmp_path / "dead"), num_actor_threads=1, total_env_steps=10**6)
+  start = time.monotonic()
+  with pytest.raises(RuntimeError, match="Actor thread actor-0 died.*simulated environment"):
+    runtime.train(config, show_progress=False)
+  assert time.monotonic() - start < 120
+  assert _no_stray_threads()[0]
+
+
+def test_request_stop_exits_promptly_and_saves(tmp_path):
+  config = dataclasses.replace(small_pong_config(tmp_path / "stop"), total_env_steps=10**7)
+  run = runtime.TrainingRun(config, show_progress=False)
+  timer = threading.Timer(10.0, run.request_stop)
+  timer.start()
+  summary = run.run()
+  timer.cancel()
+  assert summary.stop_reason == "signal"
+  assert summary.updates > 0
+  assert str(summary.updates) in os.listdir(os.path.join(config.logdir, "checkpoints"))
+  assert _no_stray_threads()[0], _no_stray_threads()[1]
+
+
+def test_sigterm_during_a_run_exits_within_seconds_with_a_checkpoint(tmp_path):
+  logdir = tmp_path / "sigterm"
+  cmd = [sys.executable, os.path.join(REPO, "experiments", "atari.py"), f"--logdir={logdir}",
+         "--num_envs=4", "--batch_size=8", "--total_env_steps=10000000", "--progress=false",
+         "--log_interval_seconds=0.5"]
+  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  try:
+    # Wait until training is under way (a metrics row with an update in it).
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+      path = logdir / "metrics.csv"
+      if path.exists() and len(read_metrics(logdir)) >= 2:
+        break
+      assert proc.poll() is None, proc.stdout.read()
+      time.sleep(0.5)
+    else:
+      pytest.fail("training did not start within 240 s")
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    exit_seconds = time.monotonic() - sent
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 0, output[-3000:]
+  assert exit_seconds < 30, exit_seconds
+  assert "Received SIGTERM" in output
+  assert os.listdir(logdir / "checkpoints"), "no checkpoint written at SIGTERM"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--env=Pongg-v5"], "Unknown EnvPool task 'Pongg-v5'. Did you mean: Pong-v5"),
+    (["--batch_size=20", "--queue_capacity=10"], "queue_capacity (10) must be >= batch_size"),
+    (["--network=mlp", "--use_lstm", "--num_envs=0"], "num_envs must be >= 1"),
+])
+def test_bad_input_exits_nonzero_with_a_clear_message(tmp_path, args, message):
+  cmd = [sys.executable, os.path.join(REPO, "experiments", "atari.py"),
+         f"--logdir={tmp_path / 'bad'}", "--total_env_steps=100", "--progress=false"] + args
+  out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0
+  assert message in out.stderr, out.stderr[-2000:]
+
+
+def test_batch_not_divisible_by_devices_fails_at_start(tmp_path):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  cmd = [sys.executable, os.path.join(REPO, "experiments", "atari.py"),
+         f"--logdir={tmp_path / 'bad'}", "--batch_size=7", "--progress=false"]
+  out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+  assert out.returncode != 0
+  assert "batch_size=7 is not divisible by the 2 local devices" in out.stderr
+
+
+def test_cartpole_is_solved_within_300k_steps_through_the_control_script(tmp_path):
+  """Issue 3's learning bar: mean return >= 475 within 300k env steps, fixed seed, this CPU."""
+  logdir = tmp_path / "cartpole"
+  cmd = [sys.executable, os.path.join(REPO, "experiments", "control.py"), f"--logdir={logdir}",
+         "--seed=0", "--total_env_steps=300000", "--progress=false"]
+  out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = [r for r in read_metrics(logdir) if r["episode_return"]]
+  assert int(rows[-1]["env_steps"]) <= 300_000 + 16 * 10
+  # Each row averages the episodes finished since the previous one; demand a real average.
+  solved = [(int(r["env_steps"]), float(r["episode_return"])) for r in rows
+            if float(r["episode_return"]) >= 475 and int(r["episodes"]) >= 5]
+  best = max(float(r["episode_return"]) for r in rows)
+  assert solved, f"best mean return {best:.1f} < 475 within 300k steps"
