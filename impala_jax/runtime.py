@@ -27,6 +27,7 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
+import psutil
 import tqdm
 
 from impala_jax import actor as actor_lib
@@ -278,7 +279,8 @@ class _LearnerLoop:
         queue_size=self.unroll_queue.qsize(),
         inference_batch_size=inference_stats.mean_batch_size,
         inference_requests_per_batch=inference_stats.mean_requests_per_batch,
-        inference_latency_ms=inference_stats.mean_latency_ms)
+        inference_latency_ms=inference_stats.mean_latency_ms,
+        rss_mb=psutil.Process().memory_info().rss / 2**20)
     self.writer.write(row)
     summary = (f"steps={self.env_steps} return={row['episode_return'] or float('nan'):.2f} "
                f"sps={row['steps_per_second']:.0f} loss={row.get('loss', math.nan):.3f} "
