@@ -12,6 +12,7 @@ becomes the first of the next unroll (the bootstrap overlap, see `impala_jax.typ
 
 import queue
 import threading
+import time
 from typing import Callable, List, Optional, Protocol
 
 import jax
@@ -139,6 +140,8 @@ class Actor:
     self._thread = threading.Thread(target=self._run, name=f"actor-{actor_id}", daemon=True)
     self._error: Optional[BaseException] = None
     self.env_steps = 0  # Read by other threads for throughput; ints are swapped atomically.
+    # Seconds this thread spent in each phase (read by the runtime for "where the time goes").
+    self.seconds = {"env": 0.0, "inference": 0.0, "bookkeeping": 0.0, "queue": 0.0}
 
   def start(self) -> "Actor":
     self._thread.start()
@@ -179,11 +182,16 @@ class Actor:
     buffer = _UnrollBuffer(self._unroll_length, num_envs, spec)
     starts_episode = np.ones((num_envs,), bool)
     env.async_reset()
+    seconds = self.seconds
+    clock = time.perf_counter
     while not self._stop.is_set():
+      t0 = clock()
       observation, reward, terminated, truncated, info = env.recv()
       ids = np.asarray(info["env_id"])
       first = starts_episode[ids]
+      t1 = clock()
       result = self._client.act(ids + self._env_id_offset, observation, first)
+      t2 = clock()
       env.send(envs.to_env_action(result.action, spec), ids)
 
       # Bookkeeping overlaps with EnvPool stepping the environments just sent.
@@ -192,8 +200,14 @@ class Actor:
         self._on_episode(episode)
       buffer.write(ids, observation, reward, terminated, truncated, first, result)
       self.env_steps += len(ids)
+      t3 = clock()
       for unroll in buffer.pop_complete(ids):
         self._put(unroll)
+      t4 = clock()
+      seconds["env"] += t1 - t0
+      seconds["inference"] += t2 - t1
+      seconds["bookkeeping"] += t3 - t2
+      seconds["queue"] += t4 - t3
 
   def _put(self, unroll: types.Unroll) -> None:
     while not self._stop.is_set():

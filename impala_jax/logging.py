@@ -7,7 +7,7 @@ tqdm bar). The CSV's columns are fixed when the file is created; a resumed run a
 import csv
 import math
 import os
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Tuple
 
 from tensorboardX import SummaryWriter
 
@@ -17,27 +17,32 @@ CSV_COLUMNS = ("env_steps", "episode_return", "episode_length", "episodes", "ste
 
 
 class MetricsWriter:
-  """Appends rows to `<logdir>/metrics.csv` and scalars to TensorBoard under `<logdir>/tb`."""
+  """Appends rows to `<logdir>/metrics.csv` and scalars to TensorBoard under `<logdir>/tb`.
 
-  def __init__(self, logdir: str, extra_columns: Sequence[str] = ()):
+  A new file's columns are `CSV_COLUMNS` followed by the other keys of the first row; a resumed
+  run keeps the existing header.
+  """
+
+  def __init__(self, logdir: str):
     os.makedirs(logdir, exist_ok=True)
     self.csv_path = os.path.join(logdir, "metrics.csv")
-    columns = list(CSV_COLUMNS) + [c for c in extra_columns if c not in CSV_COLUMNS]
+    self.columns: Optional[Tuple[str, ...]] = None
     if os.path.exists(self.csv_path) and os.path.getsize(self.csv_path) > 0:
       with open(self.csv_path, newline="") as f:
-        columns = next(csv.reader(f))
-      self._file = open(self.csv_path, "a", newline="")
-      self._writer = csv.DictWriter(self._file, columns, extrasaction="ignore")
-    else:
-      self._file = open(self.csv_path, "w", newline="")
-      self._writer = csv.DictWriter(self._file, columns, extrasaction="ignore")
-      self._writer.writeheader()
-    self.columns = tuple(columns)
+        self.columns = tuple(next(csv.reader(f)))
+    self._file = open(self.csv_path, "a", newline="")
+    self._writer = None
+    if self.columns is not None:
+      self._writer = csv.DictWriter(self._file, self.columns, extrasaction="ignore")
     self._tensorboard = SummaryWriter(os.path.join(logdir, "tb"))
 
   def write(self, row: Dict[str, float], step: Optional[int] = None) -> None:
     """One CSV row (missing columns left empty) and one TensorBoard point per finite value."""
     step = int(row.get("env_steps", 0)) if step is None else step
+    if self._writer is None:
+      self.columns = CSV_COLUMNS + tuple(k for k in row if k not in CSV_COLUMNS)
+      self._writer = csv.DictWriter(self._file, self.columns, extrasaction="ignore")
+      self._writer.writeheader()
     self._writer.writerow({k: v for k, v in row.items() if v is not None})
     self._file.flush()
     for name, value in row.items():

@@ -184,6 +184,8 @@ class _LearnerLoop:
     self.stop = stop
     self.show_progress = show_progress
     self.episode_returns: List[float] = []
+    self.batch_wait_seconds = 0.0
+    self._last_seconds = self._phase_seconds()
 
   def run(self) -> RunSummary:
     config = self.config
@@ -196,7 +198,9 @@ class _LearnerLoop:
     stop_reason = "completed"
     try:
       while self.env_steps < config.total_env_steps:
+        wait_start = time.perf_counter()
         unrolls = self._next_batch()
+        self.batch_wait_seconds += time.perf_counter() - wait_start
         if unrolls is None:
           stop_reason = "signal"
           break
@@ -281,6 +285,7 @@ class _LearnerLoop:
         inference_requests_per_batch=inference_stats.mean_requests_per_batch,
         inference_latency_ms=inference_stats.mean_latency_ms,
         rss_mb=psutil.Process().memory_info().rss / 2**20)
+    row.update(self._time_fractions(elapsed))
     self.writer.write(row)
     summary = (f"steps={self.env_steps} return={row['episode_return'] or float('nan'):.2f} "
                f"sps={row['steps_per_second']:.0f} loss={row.get('loss', math.nan):.3f} "
@@ -288,6 +293,24 @@ class _LearnerLoop:
     if self.show_progress:
       bar.set_postfix_str(summary.split(" ", 1)[1])
     logging.info(summary)
+
+  def _phase_seconds(self) -> Dict[str, float]:
+    seconds = {f"learner_{k}": v for k, v in self.learner.seconds.items()}
+    seconds["learner_batch_wait"] = self.batch_wait_seconds
+    for actor in self.actors:
+      for k, v in actor.seconds.items():
+        seconds[f"actor_{k}"] = seconds.get(f"actor_{k}", 0.0) + v
+    return seconds
+
+  def _time_fractions(self, elapsed: float) -> Dict[str, float]:
+    """Where the time went since the last row, as fractions of each thread's wall time."""
+    now = self._phase_seconds()
+    fractions = {}
+    for k, v in now.items():
+      threads = len(self.actors) if k.startswith("actor_") else 1
+      fractions[f"time_{k}"] = (v - self._last_seconds.get(k, 0.0)) / (elapsed * threads)
+    self._last_seconds = now
+    return fractions
 
   def _save(self) -> None:
     step = self.learner.update_step
