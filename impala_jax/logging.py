@@ -12,7 +12,7 @@ from typing import Dict, Optional, Tuple
 from tensorboardX import SummaryWriter
 
 # Always present, in this order; other metrics follow in the order first seen.
-CSV_COLUMNS = ("env_steps", "episode_return", "episode_length", "episodes", "steps_per_second",
+CSV_COLUMNS = ("env_steps", "wall_seconds", "episode_return", "episode_length", "episodes", "steps_per_second",
                "policy_lag", "loss", "policy_loss", "baseline_loss", "entropy_loss", "entropy")
 
 
@@ -46,7 +46,7 @@ class MetricsWriter:
     self._writer.writerow({k: v for k, v in row.items() if v is not None})
     self._file.flush()
     for name, value in row.items():
-      if name != "env_steps" and value is not None and math.isfinite(value):
+      if name not in ("env_steps", "wall_seconds") and value is not None and math.isfinite(value):
         self._tensorboard.add_scalar(name, value, step)
     self._tensorboard.flush()
 

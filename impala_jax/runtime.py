@@ -185,6 +185,7 @@ class _LearnerLoop:
     self.show_progress = show_progress
     self.episode_returns: List[float] = []
     self.batch_wait_seconds = 0.0
+    self.start_time = time.monotonic()
     self._last_seconds = self._phase_seconds()
 
   def run(self) -> RunSummary:
@@ -273,6 +274,7 @@ class _LearnerLoop:
     row: Dict[str, Any] = {k: v / window.updates for k, v in window.sums.items()}
     row.update(
         env_steps=self.env_steps,
+        wall_seconds=time.monotonic() - self.start_time,
         episode_return=(float(np.mean([e.episode_return for e in finished]))
                         if finished else None),
         episode_length=(float(np.mean([e.episode_length for e in finished]))
