@@ -176,9 +176,10 @@ class Learner:
     return len(self._devices)
 
   def _replicate(self, tree):
-    # Host arrays with a leading device axis; pmap shards them on the first update.
-    return jax.tree.map(
-        lambda x: np.broadcast_to(np.asarray(x), (self.num_devices,) + np.shape(x)).copy(), tree)
+    """One copy per device, laid out exactly like the update's outputs (no retrace)."""
+    stacked = jax.tree.map(
+        lambda x: np.broadcast_to(np.asarray(x), (self.num_devices,) + np.shape(x)), tree)
+    return jax.pmap(lambda x: x, axis_name=_AXIS, devices=self._devices)(stacked)
 
   def step(self, unrolls: Sequence[types.Unroll]) -> Dict[str, float]:
     """One update on `unrolls` (a list of batch_size unrolls); returns host metrics.

@@ -123,3 +123,18 @@ def test_close_joins_the_thread():
   server.close()
   assert not server.is_alive()
   assert not any(t.name == "inference-server" for t in threading.enumerate())
+
+
+def test_policy_step_compiles_once_per_batch_size():
+  traces = {"n": 0}
+
+  def counting_apply(*args):
+    traces["n"] += 1  # Runs only while tracing.
+    return _apply(*args)
+
+  server = inference.InferenceServer(counting_apply, jnp.zeros((OBS_DIM, NUM_ACTIONS)),
+                                     jnp.zeros((1, 1)), num_envs=8, batch_sizes=[2, 4], seed=0)
+  with server:
+    for n in (1, 2, 2, 3, 4, 1, 3):  # Sizes 1-2 pad to 2, sizes 3-4 pad to 4.
+      server.act(np.arange(n), np.zeros((n, OBS_DIM), np.float32), np.zeros(n, bool))
+  assert traces["n"] == 2

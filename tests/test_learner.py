@@ -163,3 +163,22 @@ def test_two_devices_give_the_same_update_as_one():
                        timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "SAME_PARAMS" in out.stdout
+
+
+def test_update_compiles_once_across_steps():
+  """A recompile per update would dominate the learner's time; trace once, then reuse."""
+  config = _config()
+  network = networks.make_network(config.network, num_actions=NUM_ACTIONS)
+  traces = {"n": 0}
+
+  def counting_apply(*args, **kwargs):
+    traces["n"] += 1  # Runs only while tracing.
+    return network.apply(*args, **kwargs)
+
+  params = network.init(jax.random.PRNGKey(0), jnp.zeros((1, 1, OBS_DIM)),
+                        jnp.ones((1, 1), bool), network.initial_state(1))
+  learner = learner_lib.Learner(counting_apply, params, config)
+  rng = np.random.default_rng(6)
+  for _ in range(4):
+    learner.step([make_unroll(rng) for _ in range(4)])
+  assert traces["n"] == 1
