@@ -10,6 +10,7 @@ from typing import Any, Dict
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 
 from impala_jax import config as config_lib
 from impala_jax import runtime
@@ -103,14 +104,13 @@ def main(argv) -> None:
   logging.get_absl_handler().addFilter(_QuietLibraries())
   try:
     config = config_from_flags()
-    import jax  # pylint: disable=g-import-not-at-top
     logging.info("JAX devices: %s", jax.local_devices())
-    config.check_devices(jax.local_device_count())
-    summary = runtime.train(config, show_progress=flags.FLAGS.progress)
+    run = runtime.TrainingRun(config, show_progress=flags.FLAGS.progress)
   except ValueError as e:
-    # Bad input (flags, env id, existing logdir): a clear message and a non-zero exit.
+    # Bad input (flags, env id, device count, existing logdir): a clear message, exit code 2.
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  summary = run.run()
   logging.info("Done (%s): %d env steps, %d updates, %.0f steps/s, %.1f min.",
                summary.stop_reason, summary.env_steps, summary.updates,
                summary.steps_per_second, summary.wall_seconds / 60)

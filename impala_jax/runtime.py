@@ -92,9 +92,25 @@ class TrainingRun:
   """One training run from a `TrainConfig`: `run()` trains until done, stopped or failed."""
 
   def __init__(self, config: config_lib.TrainConfig, show_progress: bool = True):
+    """Checks everything that can be checked before training starts.
+
+    Raises:
+      ValueError: an unknown environment id, a network that doesn't fit the task, a batch
+        that doesn't split over the local devices, or a logdir holding another run's
+        checkpoints without `resume`.
+    """
     self.config = config
     self._show_progress = show_progress
     self._stop = threading.Event()
+    config.check_devices(jax.local_device_count())
+    self._spec = envs.env_spec(config.env)
+    self._network = build_network(config, self._spec)
+    checkpoint_dir = os.path.join(config.logdir, "checkpoints")
+    if not config.resume and os.path.isdir(checkpoint_dir) and any(
+        name.isdigit() for name in os.listdir(checkpoint_dir)):
+      raise ValueError(
+          f"{checkpoint_dir} already holds checkpoints; pass --resume to continue that run, "
+          "or choose another --logdir.")
 
   def request_stop(self) -> None:
     """Asks the run to stop after the current update (thread-safe)."""
@@ -103,8 +119,7 @@ class TrainingRun:
   def run(self) -> RunSummary:
     config = self.config
     os.makedirs(config.logdir, exist_ok=True)
-    spec = envs.env_spec(config.env)
-    network = build_network(config, spec)
+    spec, network = self._spec, self._network
     learner = learner_lib.Learner(network.apply, init_params(network, spec, config.seed), config)
     checkpointer = checkpoint_lib.Checkpointer(os.path.join(config.logdir, "checkpoints"))
     env_steps = self._maybe_restore(learner, checkpointer)
@@ -152,10 +167,6 @@ class TrainingRun:
                      checkpointer: checkpoint_lib.Checkpointer) -> int:
     latest = checkpointer.latest_step()
     if not self.config.resume:
-      if latest is not None:
-        raise ValueError(
-            f"{checkpointer.directory} already holds checkpoints (latest update {latest}); "
-            "pass --resume to continue that run, or choose another --logdir.")
       return 0
     if latest is None:
       logging.warning("--resume: no checkpoint in %s, starting from scratch.",

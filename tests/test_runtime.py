@@ -171,3 +171,24 @@ def test_cartpole_is_solved_within_300k_steps_through_the_control_script(tmp_pat
             if float(r["episode_return"]) >= 475 and int(r["episodes"]) >= 5]
   best = max(float(r["episode_return"]) for r in rows)
   assert solved, f"best mean return {best:.1f} < 475 within 300k steps"
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_state(tmp_path, monkeypatch):
+  from impala_jax import learner as learner_lib
+
+  real_step = learner_lib.Learner.step
+  calls = {"n": 0}
+
+  def step_that_diverges(self, unrolls):
+    calls["n"] += 1
+    if calls["n"] < 3:
+      return real_step(self, unrolls)
+    # What the pmapped update reports for a NaN loss: the update was not applied.
+    return {"finite": 0.0, "loss": float("nan"), "grad_norm": float("nan")}
+
+  monkeypatch.setattr(learner_lib.Learner, "step", step_that_diverges)
+  config = dataclasses.replace(small_pong_config(tmp_path / "nan"), total_env_steps=10**6)
+  with pytest.raises(FloatingPointError, match="non-finite at update 2"):
+    runtime.train(config, show_progress=False)
+  assert os.listdir(os.path.join(config.logdir, "checkpoints")) == ["2"]
+  assert _no_stray_threads()[0]
