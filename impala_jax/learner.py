@@ -76,6 +76,29 @@ def make_optimizer(config: config_lib.OptimizerConfig,
   return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optimizer)
 
 
+def make_loss_fn(apply_fn, loss_config: config_lib.LossConfig):
+  """`loss_fn(params, unroll) -> (loss, metrics)` on a time-major `Unroll` `[T+1, B, ...]`.
+
+  The network runs over all T+1 timesteps from the unroll's recorded core state; V(x_T) is the
+  bootstrap value; the loss is `losses.impala_loss` on `learner_inputs(unroll)`.
+  """
+
+  def loss_fn(params, unroll: types.Unroll):
+    output, _ = apply_fn(params, unroll.observation, unroll.first, unroll.core_state)
+    inputs = learner_inputs(unroll, loss_config.discount)
+    policy = jax.tree.map(lambda x: x[:-1], output.policy)
+    return losses.impala_loss(
+        policy, output.value[:-1], output.value[-1], inputs.actions, inputs.behaviour_log_probs,
+        inputs.rewards, inputs.discounts, inputs.mask,
+        baseline_cost=loss_config.baseline_cost, entropy_cost=loss_config.entropy_cost,
+        clip_rho_threshold=loss_config.clip_rho_threshold,
+        clip_c_threshold=loss_config.clip_c_threshold,
+        clip_pg_rho_threshold=loss_config.clip_pg_rho_threshold,
+        lambda_=loss_config.lambda_, reduction=loss_config.reduction)
+
+  return loss_fn
+
+
 def make_update_fn(apply_fn, optimizer: optax.GradientTransformation,
                    loss_config: config_lib.LossConfig, axis_name: str = _AXIS):
   """Builds the per-device update; run it under `jax.pmap(..., axis_name=axis_name)`.
@@ -94,18 +117,7 @@ def make_update_fn(apply_fn, optimizer: optax.GradientTransformation,
     `metrics["finite"] = 0`, so the caller can stop with the last good state intact.
   """
 
-  def loss_fn(params, unroll: types.Unroll):
-    output, _ = apply_fn(params, unroll.observation, unroll.first, unroll.core_state)
-    inputs = learner_inputs(unroll, loss_config.discount)
-    policy = jax.tree.map(lambda x: x[:-1], output.policy)
-    return losses.impala_loss(
-        policy, output.value[:-1], output.value[-1], inputs.actions, inputs.behaviour_log_probs,
-        inputs.rewards, inputs.discounts, inputs.mask,
-        baseline_cost=loss_config.baseline_cost, entropy_cost=loss_config.entropy_cost,
-        clip_rho_threshold=loss_config.clip_rho_threshold,
-        clip_c_threshold=loss_config.clip_c_threshold,
-        clip_pg_rho_threshold=loss_config.clip_pg_rho_threshold,
-        lambda_=loss_config.lambda_, reduction=loss_config.reduction)
+  loss_fn = make_loss_fn(apply_fn, loss_config)
 
   def update(state: TrainState, batch: types.Unroll) -> Tuple[TrainState, Dict[str, jax.Array]]:
     # Batch-major on the host (cheap stacking), time-major for the math.

@@ -118,6 +118,7 @@ class TrainingRun:
 
   def run(self) -> RunSummary:
     config = self.config
+    start_time = time.monotonic()
     os.makedirs(config.logdir, exist_ok=True)
     spec, network = self._spec, self._network
     learner = learner_lib.Learner(network.apply, init_params(network, spec, config.seed), config)
@@ -149,7 +150,7 @@ class TrainingRun:
     ]
     writer = metrics_lib.MetricsWriter(config.logdir)
     loop = _LearnerLoop(config, learner, server, actors, unroll_queue, episodes, writer,
-                        checkpointer, env_steps, self._stop, self._show_progress)
+                        checkpointer, env_steps, self._stop, self._show_progress, start_time)
     try:
       with _SignalStop(self._stop), contextlib.ExitStack() as threads:
         server.start()
@@ -182,7 +183,7 @@ class _LearnerLoop:
   """The learner's side of the run: batches, updates, parameter publishing, logs, checkpoints."""
 
   def __init__(self, config, learner, server, actors, unroll_queue, episodes, writer,
-               checkpointer, env_steps, stop, show_progress):
+               checkpointer, env_steps, stop, show_progress, start_time):
     self.config = config
     self.learner = learner
     self.server = server
@@ -196,7 +197,7 @@ class _LearnerLoop:
     self.show_progress = show_progress
     self.episode_returns: List[float] = []
     self.batch_wait_seconds = 0.0
-    self.start_time = time.monotonic()
+    self.start_time = start_time  # When run() began: wall_seconds includes set-up.
     self._last_seconds = self._phase_seconds()
 
   def run(self) -> RunSummary:
