@@ -424,8 +424,9 @@ def measure_end_to_end(config: config_lib.TrainConfig, warmup_seconds: float,
 class ReferenceLearner:
   """The straightforward learner the project's is measured against.
 
-  Same network, parameters, loss (`losses.impala_loss` on `learner.learner_inputs`) and
-  optimizer (`learner.make_optimizer`) as `learner.Learner`, written the plain way: the host
+  Same network function (with plain `nn.Conv` layers: `space_to_depth=False`), parameters,
+  loss (`learner.make_loss_fn`) and optimizer (`learner.make_optimizer`) as
+  `learner.Learner`, written the plain way: the host
   builds a time-major batch with numpy and converts observations to float32 in [0, 1], then one
   `jax.jit(value_and_grad)` + optax update runs; no pmap, no buffer donation.
   """
@@ -484,7 +485,8 @@ def measure_learner(config: config_lib.TrainConfig, iters: int) -> Dict[str, Any
   project_split = {k: 1000.0 * (project.seconds[k] - before[k]) / iters for k in before}
   del project  # Its device buffers, before the reference allocates its own.
 
-  reference = ReferenceLearner(network.apply, params, config)
+  # The reference runs plain nn.Conv layers (same parameters, same function).
+  reference = ReferenceLearner(network.clone(space_to_depth=False).apply, params, config)
   reference_first_loss = reference.step(unrolls)
   for _ in range(_LEARNER_WARMUP_ITERS - 1):
     reference.step(unrolls)

@@ -100,24 +100,94 @@ def _image_to_nhwc_float(observation: jax.Array) -> jax.Array:
   return jnp.transpose(observation, (0, 2, 3, 1))
 
 
+class SpaceToDepthConv(nn.Module):
+  """A 'VALID' convolution whose kernel is a multiple of its stride, computed with one matmul.
+
+  Same parameters as `nn.Conv(features, (k, k), strides=(s, s), padding="VALID")` (a `kernel`
+  `[k, k, C, features]` and a `bias`), same outputs (tests check both). Why: on XLA:CPU the
+  weight gradient of a strided convolution is several times slower than the matmul it amounts
+  to (measured in benchmarks/throughput.py, see docs/performance.md). With r = k / s, the input
+  is regrouped into s×s blocks (space-to-depth), one matmul maps every block to its r×r
+  contributions, and shifted slices add them up:
+
+    y[n, i, j] = Σ_{a, b < r} blocks[n, i + a, j + b] · W[a, b]
+
+  so forward and backward are dense matmuls plus cheap slicing. The input may be uint8:
+  it is regrouped before the float32 cast, and `input_scale` multiplies it during the cast.
+
+  Input `[N, H, W, C]`; output `[N, (H − k) // s + 1, (W − k) // s + 1, features]` float32.
+  """
+
+  features: int
+  kernel_size: int
+  stride: int
+  input_scale: float = 1.0
+  kernel_init: Any = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k, s = self.kernel_size, self.stride
+    if k % s:
+      raise ValueError(f"SpaceToDepthConv needs kernel_size ({k}) to be a multiple of stride "
+                       f"({s}).")
+    r = k // s
+    n, height, width, channels = x.shape
+    out_h, out_w = (height - k) // s + 1, (width - k) // s + 1
+    blocks_h, blocks_w = out_h + r - 1, out_w + r - 1  # Input rows/cols a VALID conv reads.
+    kernel = self.param("kernel", self.kernel_init, (k, k, channels, self.features),
+                        jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+
+    x = x[:, :blocks_h * s, :blocks_w * s]
+    x = x.reshape(n, blocks_h, s, blocks_w, s, channels).transpose(0, 1, 3, 2, 4, 5)
+    x = x.reshape(n * blocks_h * blocks_w, s * s * channels)
+    x = x.astype(jnp.float32) * self.input_scale if self.input_scale != 1.0 else (
+        x.astype(jnp.float32))
+    # kernel[a·s + dh, b·s + dw, c, o] → [(dh, dw, c), (a, b, o)]
+    kernel = kernel.reshape(r, s, r, s, channels, self.features).transpose(1, 3, 4, 0, 2, 5)
+    kernel = kernel.reshape(s * s * channels, r * r * self.features)
+    y = (x @ kernel).reshape(n, blocks_h, blocks_w, r, r, self.features)
+    out = sum(y[:, a:a + out_h, b:b + out_w, a, b] for a in range(r) for b in range(r))
+    return out + bias
+
+
 class ShallowTorso(nn.Module):
   """The feed-forward network of Mnih et al. 2016 (A3C), IMPALA's shallow Atari torso.
 
   conv 16·8×8/4 → ReLU → conv 32·4×4/2 → ReLU → FC 256 → ReLU, 'VALID' padding as in the
   original. On 84×84 inputs the feature maps are 20×20×16 then 9×9×32.
 
+  Attributes:
+    space_to_depth: compute both convolutions as `SpaceToDepthConv` (same parameters, same
+      outputs, faster gradients on CPU); False uses `nn.Conv`.
+
   Input `[N, C, H, W]` (uint8 pixels or floats in [0, 1]); output `[N, 256]` float32.
   """
 
+  space_to_depth: bool = True
+
   @nn.compact
   def __call__(self, observation: jax.Array) -> jax.Array:
-    x = _image_to_nhwc_float(observation)
-    x = nn.Conv(16, (8, 8), strides=(4, 4), padding="VALID", kernel_init=_RELU_INIT)(x)
-    x = nn.relu(x)
-    x = nn.Conv(32, (4, 4), strides=(2, 2), padding="VALID", kernel_init=_RELU_INIT)(x)
+    if self.space_to_depth:
+      if observation.ndim != 4:
+        raise ValueError(
+            "Image torsos expect observations [T, B, C, H, W] (channel-first, as EnvPool "
+            f"gives them); got per-step shape {observation.shape[1:]}.")
+      scale = 1.0 / 255.0 if observation.dtype == jnp.uint8 else 1.0
+      # Transposing uint8 frames moves a quarter of the bytes of float32 ones.
+      x = jnp.transpose(observation, (0, 2, 3, 1))
+      x = SpaceToDepthConv(16, 8, 4, input_scale=scale, kernel_init=_RELU_INIT,
+                           name="Conv_0")(x)
+      x = nn.relu(x)
+      x = SpaceToDepthConv(32, 4, 2, kernel_init=_RELU_INIT, name="Conv_1")(x)
+    else:
+      x = _image_to_nhwc_float(observation)
+      x = nn.Conv(16, (8, 8), strides=(4, 4), padding="VALID", kernel_init=_RELU_INIT)(x)
+      x = nn.relu(x)
+      x = nn.Conv(32, (4, 4), strides=(2, 2), padding="VALID", kernel_init=_RELU_INIT)(x)
     x = nn.relu(x)
     x = x.reshape(x.shape[0], -1)
-    return nn.relu(nn.Dense(256, kernel_init=_RELU_INIT)(x))
+    return nn.relu(nn.Dense(256, kernel_init=_RELU_INIT, name="Dense_0")(x))
 
 
 class ResidualBlock(nn.Module):
@@ -301,6 +371,8 @@ class ImpalaNetwork(nn.Module):
     use_lstm: add an LSTM core between torso and heads.
     lstm_size: LSTM hidden units.
     mlp_hidden_sizes: hidden layers of the MLP torso (ignored by the others).
+    space_to_depth: the shallow torso's convolutions as `SpaceToDepthConv` (faster on CPU,
+      identical parameters and outputs); False gives plain `nn.Conv`.
   """
 
   torso: str
@@ -309,6 +381,7 @@ class ImpalaNetwork(nn.Module):
   use_lstm: bool = False
   lstm_size: int = 256
   mlp_hidden_sizes: Sequence[int] = (64, 64)
+  space_to_depth: bool = True
 
   def __post_init__(self):
     # Validate at construction so a bad configuration fails where it is written, not at the
@@ -363,7 +436,7 @@ class ImpalaNetwork(nn.Module):
     first = first.astype(bool)
 
     if self.torso == "shallow":
-      torso = ShallowTorso(name="torso")
+      torso = ShallowTorso(space_to_depth=self.space_to_depth, name="torso")
     elif self.torso == "deep":
       torso = DeepResNetTorso(name="torso")
     else:

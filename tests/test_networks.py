@@ -4,6 +4,7 @@ Every array here is time-major `[T, B, ...]`; tests name the axis they slice.
 """
 
 import chex
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -403,3 +404,46 @@ def test_wrong_core_state_or_observation_raises():
   image = networks.ImpalaNetwork(torso="shallow", num_actions=2)
   with pytest.raises(ValueError, match="channel-first"):
     image.init(jax.random.PRNGKey(0), np.zeros((T, B, 84, 84), np.uint8), first, ())
+
+
+@pytest.mark.parametrize("kernel_size, stride, height, dtype", [
+    (8, 4, 84, jnp.uint8),   # The shallow torso's first layer on Atari frames.
+    (4, 2, 20, jnp.float32),  # Its second layer.
+    (4, 2, 21, jnp.float32),  # A height the stride does not divide: trailing row unused.
+    (6, 3, 17, jnp.float32),
+])
+def test_space_to_depth_conv_matches_nn_conv_values_and_gradients(kernel_size, stride, height,
+                                                                  dtype):
+  rng = np.random.default_rng(0)
+  if dtype == jnp.uint8:
+    x = jnp.asarray(rng.integers(0, 256, (3, height, height, 4)), jnp.uint8)
+    scale = 1.0 / 255.0
+  else:
+    x = jnp.asarray(rng.normal(size=(3, height, height, 4)), jnp.float32)
+    scale = 1.0
+  fast = networks.SpaceToDepthConv(5, kernel_size, stride, input_scale=scale)
+  plain = nn.Conv(5, (kernel_size, kernel_size), strides=(stride, stride), padding="VALID")
+  params = fast.init(jax.random.PRNGKey(1), x)
+  params = jax.tree.map(lambda p: p + 0.1, params)  # Non-zero bias.
+  # Identical parameter structure: checkpoints and the plain network are interchangeable.
+  assert jax.tree.map(jnp.shape, params) == jax.tree.map(
+      jnp.shape, plain.init(jax.random.PRNGKey(1), x.astype(jnp.float32)))
+  x_float = x.astype(jnp.float32) * scale
+  np.testing.assert_allclose(fast.apply(params, x), plain.apply(params, x_float),
+                             rtol=1e-4, atol=1e-4)
+
+  def loss(module, inputs):
+    return lambda p: jnp.sum(jnp.sin(module.apply(p, inputs)))
+
+  grads_fast = jax.grad(loss(fast, x))(params)
+  grads_plain = jax.grad(loss(plain, x_float))(params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4),
+               grads_fast, grads_plain)
+
+
+def test_shallow_torso_is_the_same_function_with_or_without_space_to_depth():
+  x = jnp.asarray(np.random.default_rng(2).integers(0, 256, (2, 4, 84, 84)), jnp.uint8)
+  fast, plain = networks.ShallowTorso(True), networks.ShallowTorso(False)
+  params = fast.init(jax.random.PRNGKey(0), x)
+  np.testing.assert_allclose(fast.apply(params, x), plain.apply(params, x), rtol=1e-4,
+                             atol=1e-5)
