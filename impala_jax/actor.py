@@ -11,7 +11,6 @@ becomes the first of the next unroll (the bootstrap overlap, see `impala_jax.typ
 """
 
 import queue
-import threading
 import time
 from typing import Callable, List, Optional, Protocol
 
@@ -22,6 +21,7 @@ from impala_jax import config as config_lib
 from impala_jax import envs
 from impala_jax import inference
 from impala_jax import types
+from impala_jax import worker
 
 _POLL_SECONDS = 0.1
 
@@ -106,11 +106,11 @@ class _UnrollBuffer:
     return unrolls
 
 
-class Actor:
+class Actor(worker.Worker):
   """One actor thread stepping one EnvPool; emits `Unroll`s (B = 1) into `unroll_queue`.
 
-  `start()` launches the thread, `close()` stops and joins it and closes the pool. A failure in
-  the thread is kept in `error` (the runtime checks it and stops the run).
+  `start()` launches the thread, `close()` stops and joins it (the pool closes with it). A
+  failure in the thread is kept in `error` (the runtime checks it and stops the run).
   """
 
   def __init__(self,
@@ -136,43 +136,17 @@ class Actor:
     self._unroll_length = unroll_length
     self._on_episode = on_episode or (lambda stats: None)
     self._env_id_offset = actor_id * env_config.num_envs
-    self._stop = threading.Event()
-    self._thread = threading.Thread(target=self._run, name=f"actor-{actor_id}", daemon=True)
-    self._error: Optional[BaseException] = None
+    super().__init__(name=f"actor-{actor_id}")
     self.env_steps = 0  # Read by other threads for throughput; ints are swapped atomically.
     # Seconds this thread spent in each phase (read by the runtime for "where the time goes").
     self.seconds = {"env": 0.0, "inference": 0.0, "bookkeeping": 0.0, "queue": 0.0}
 
-  def start(self) -> "Actor":
-    self._thread.start()
-    return self
-
-  def close(self) -> None:
-    self._stop.set()
-    if self._thread.is_alive():
-      self._thread.join()
-
-  @property
-  def error(self) -> Optional[BaseException]:
-    return self._error
-
-  def is_alive(self) -> bool:
-    return self._thread.is_alive()
-
-  @property
-  def name(self) -> str:
-    return self._thread.name
-
   def _run(self) -> None:
-    env = None
+    env = envs.make_env(self._env_config)
     try:
-      env = envs.make_env(self._env_config)
       self._loop(env)
-    except BaseException as e:  # pylint: disable=broad-except
-      self._error = e
     finally:
-      if env is not None:
-        env.close()
+      env.close()
 
   def _loop(self, env) -> None:
     spec = envs.env_spec(env)

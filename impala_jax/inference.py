@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from impala_jax import types
+from impala_jax import worker
 
 # How often blocked calls wake up to check whether the server is still alive.
 _POLL_SECONDS = 0.1
@@ -87,7 +88,7 @@ def make_policy_step(apply_fn: Callable[..., Any], initial_core_state: types.Cor
   return jax.jit(step, donate_argnums=(1,))
 
 
-class InferenceServer:
+class InferenceServer(worker.Worker):
   """Batches action requests from all actor threads into one accelerator call.
 
   Owns one thread; `start()` launches it, `close()` stops and joins it. If the thread fails,
@@ -128,9 +129,7 @@ class InferenceServer:
     self._state_table = jax.tree.map(
         lambda s: jnp.zeros((num_envs + 1,) + s.shape[1:], s.dtype), initial_core_state)
     self._requests: "queue.Queue[_Request]" = queue.Queue()
-    self._stop = threading.Event()
-    self._thread = threading.Thread(target=self._run, name="inference-server", daemon=True)
-    self._error: Optional[BaseException] = None
+    super().__init__(name="inference-server")
     self._stats_lock = threading.Lock()
     self._batches = 0
     self._batched_envs = 0
@@ -139,28 +138,9 @@ class InferenceServer:
 
   # -- lifetime ---------------------------------------------------------------------------------
 
-  def start(self) -> "InferenceServer":
-    self._thread.start()
-    return self
-
   def close(self) -> None:
-    self._stop.set()
-    if self._thread.is_alive():
-      self._thread.join()
+    super().close()
     self._fail_pending(RuntimeError("The inference server was closed."))
-
-  def __enter__(self):
-    return self.start()
-
-  def __exit__(self, *exc):
-    self.close()
-
-  @property
-  def error(self) -> Optional[BaseException]:
-    return self._error
-
-  def is_alive(self) -> bool:
-    return self._thread.is_alive()
 
   # -- parameters -------------------------------------------------------------------------------
 
@@ -213,14 +193,13 @@ class InferenceServer:
   # -- the server thread ------------------------------------------------------------------------
 
   def _run(self) -> None:
-    try:
-      while not self._stop.is_set():
-        batch = self._gather()
-        if batch:
-          self._serve(batch)
-    except BaseException as e:  # pylint: disable=broad-except
-      self._error = e
-      self._fail_pending(e)
+    while not self._stop.is_set():
+      batch = self._gather()
+      if batch:
+        self._serve(batch)
+
+  def _on_error(self, error: BaseException) -> None:
+    self._fail_pending(error)
 
   def _gather(self) -> List[_Request]:
     try:
