@@ -59,7 +59,8 @@ def build_network(config: config_lib.TrainConfig, spec: envs.EnvSpec):
 
 
 def init_params(network, spec: envs.EnvSpec, seed: int):
-  observation = jnp.zeros((1, 1) + tuple(spec.observation_shape), spec.observation_dtype)
+  # numpy, not jnp: float64 observations (MuJoCo) are cast by jit without a warning.
+  observation = np.zeros((1, 1) + tuple(spec.observation_shape), spec.observation_dtype)
   first = jnp.ones((1, 1), bool)
   return network.init(jax.random.PRNGKey(seed), observation, first, network.initial_state(1))
 

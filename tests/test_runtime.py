@@ -192,3 +192,19 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_state(tmp_path, m
     runtime.train(config, show_progress=False)
   assert os.listdir(os.path.join(config.logdir, "checkpoints")) == ["2"]
   assert _no_stray_threads()[0]
+
+
+@pytest.mark.parametrize("env_id, network", [
+    ("HalfCheetah-v4", config_lib.NetworkConfig("mlp")),  # Gaussian policy, float64 obs.
+    ("CartPole-v1", config_lib.NetworkConfig("mlp", use_lstm=True, lstm_size=32)),
+])
+def test_continuous_and_recurrent_agents_run_end_to_end(tmp_path, env_id, network):
+  config = config_lib.TrainConfig(
+      env=config_lib.EnvConfig(env_id, num_envs=4, batch_size=2), network=network,
+      num_actor_threads=2, unroll_length=10, batch_size=4, queue_capacity=8,
+      total_env_steps=1_000, logdir=str(tmp_path / "run"), log_interval_seconds=0.5)
+  summary = runtime.train(config, show_progress=False)
+  assert summary.stop_reason == "completed" and summary.updates == 25
+  rows = read_metrics(config.logdir)
+  assert all(np.isfinite(float(r["loss"])) for r in rows)
+  assert _no_stray_threads()[0]
