@@ -138,3 +138,33 @@ def test_policy_step_compiles_once_per_batch_size():
     for n in (1, 2, 2, 3, 4, 1, 3):  # Sizes 1-2 pad to 2, sizes 3-4 pad to 4.
       server.act(np.arange(n), np.zeros((n, OBS_DIM), np.float32), np.zeros(n, bool))
   assert traces["n"] == 2
+
+
+def test_batches_requests_of_four_real_actor_threads():
+  """Four `Actor`s stepping real CartPole pools through one server: calls hold several."""
+  import queue  # pylint: disable=g-import-not-at-top
+  from impala_jax import actor as actor_lib, config as config_lib, networks
+
+  num_actors, envs_per_actor = 4, 2
+  network = networks.ImpalaNetwork("mlp", num_actions=2, mlp_hidden_sizes=(8,))
+  params = network.init(jax.random.PRNGKey(0), jnp.zeros((1, 1, 4)), jnp.ones((1, 1), bool), ())
+  server = inference.InferenceServer(
+      network.apply, params, (), num_envs=num_actors * envs_per_actor,
+      batch_sizes=[envs_per_actor * k for k in range(1, num_actors + 1)], seed=0,
+      batch_wait_ms=5.0, expected_requests=num_actors)
+  unrolls = queue.Queue(maxsize=1000)
+  actors = [actor_lib.Actor(i, config_lib.EnvConfig("CartPole-v1", num_envs=envs_per_actor,
+                                                    seed=i), server, unrolls, 5)
+            for i in range(num_actors)]
+  with server:
+    for a in actors:
+      a.start()
+    try:
+      for _ in range(100):
+        unrolls.get(timeout=60)
+    finally:
+      for a in actors:
+        a.close()
+    stats = server.stats()
+  assert all(a.error is None for a in actors)
+  assert stats.mean_batch_size > envs_per_actor, stats
