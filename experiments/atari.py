@@ -15,12 +15,13 @@ from absl import app
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+num_actor_threads, num_envs = common.actor_layout_for_this_machine()
 common.define_flags(dict(
     env="Pong-v5",
     total_env_steps=50_000_000,  # 200M frames, the paper's Atari budget.
     logdir="runs/atari",
-    num_envs=16,
-    num_actor_threads=2,
+    num_envs=num_envs,  # Per actor thread; both from the core count (see common.py).
+    num_actor_threads=num_actor_threads,
     unroll_length=20,
     batch_size=32,
     learning_rate=6e-4,
