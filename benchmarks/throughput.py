@@ -88,8 +88,12 @@ def define_flags() -> None:
                     f"{','.join(MEASUREMENTS)}.")
   flags.DEFINE_list("networks", ["shallow", "deep"], "Torsos for e2e, learner and inference.")
   flags.DEFINE_string("env", "Pong-v5", "EnvPool task id.")
-  flags.DEFINE_integer("num_envs", 16, "Environments per actor thread (per raw EnvPool pool).")
-  flags.DEFINE_integer("num_actor_threads", 2, "Actor threads (raw: pools, one per thread).")
+  # The same defaults as experiments/atari.py: chosen from this machine's core count.
+  num_actor_threads, num_envs = config_lib.default_actor_layout()
+  flags.DEFINE_integer("num_envs", num_envs,
+                       "Environments per actor thread (per raw EnvPool pool).")
+  flags.DEFINE_integer("num_actor_threads", num_actor_threads,
+                       "Actor threads (raw: pools, one per thread).")
   flags.DEFINE_integer("env_threads", 0, "EnvPool worker threads per pool; 0 lets EnvPool "
                        "decide.")
   flags.DEFINE_integer("env_batch_size", 0, "Environments per EnvPool recv(); 0 means "

@@ -12,15 +12,17 @@ import sys
 
 from absl import app
 
+from impala_jax import config as config_lib
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-num_actor_threads, num_envs = common.actor_layout_for_this_machine()
+num_actor_threads, num_envs = config_lib.default_actor_layout()
 common.define_flags(dict(
     env="Pong-v5",
     total_env_steps=50_000_000,  # 200M frames, the paper's Atari budget.
     logdir="runs/atari",
-    num_envs=num_envs,  # Per actor thread; both from the core count (see common.py).
+    num_envs=num_envs,  # Per actor thread; both from the core count (config.py).
     num_actor_threads=num_actor_threads,
     unroll_length=20,
     batch_size=32,

@@ -4,9 +4,8 @@ This is the only place flags are read: everything below `impala_jax` takes froze
 """
 
 import logging as std_logging
-import os
 import sys
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict
 
 from absl import app
 from absl import flags
@@ -15,19 +14,6 @@ import jax
 
 from impala_jax import config as config_lib
 from impala_jax import runtime
-
-
-def actor_layout_for_this_machine(cores: Optional[int] = None) -> Tuple[int, int]:
-  """(num_actor_threads, num_envs per thread) for the host's core count.
-
-  From benchmarks/throughput.py on a 2-core machine (docs/performance.md): Pong end-to-end
-  speed grows with the total number of environments (bigger inference batches, fewer Python
-  steps per agent step) and with one actor thread per core: 2 threads × 32 envs was the
-  fastest layout tried. The thread count follows the cores, capped where one learner can no
-  longer keep up on a CPU-only host; XLA's own flags made no measurable difference.
-  """
-  cores = cores or os.cpu_count() or 1
-  return max(1, min(cores, 8)), 32
 
 
 def define_flags(defaults: Dict[str, Any]) -> None:

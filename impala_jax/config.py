@@ -5,6 +5,7 @@ gives one.
 """
 
 import dataclasses
+import os
 from typing import Optional, Tuple
 
 _REDUCTIONS = ("sum", "mean")
@@ -100,6 +101,19 @@ class LossConfig:
     _require(0.0 <= self.lambda_ <= 1.0, f"lambda_ must be in [0, 1], got {self.lambda_}.")
     _require(self.reduction in _REDUCTIONS,
              f"Unknown loss reduction {self.reduction!r}; accepted: {', '.join(_REDUCTIONS)}.")
+
+
+def default_actor_layout(cores: Optional[int] = None) -> Tuple[int, int]:
+  """(num_actor_threads, num_envs per thread) for the host's core count.
+
+  From benchmarks/throughput.py on a 2-core machine (docs/performance.md): Pong end-to-end
+  speed grows with the total number of environments (bigger inference batches, fewer Python
+  steps per agent step) and with one actor thread per core: 2 threads × 32 envs was the
+  fastest layout tried. The thread count follows the cores, capped where one learner can no
+  longer keep up on a CPU-only host; XLA's own flags made no measurable difference.
+  """
+  cores = cores or os.cpu_count() or 1
+  return max(1, min(cores, 8)), 32
 
 
 _OPTIMIZERS = ("rmsprop", "adam")

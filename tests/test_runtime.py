@@ -208,3 +208,9 @@ def test_continuous_and_recurrent_agents_run_end_to_end(tmp_path, env_id, networ
   rows = read_metrics(config.logdir)
   assert all(np.isfinite(float(r["loss"])) for r in rows)
   assert _no_stray_threads()[0]
+
+
+def test_default_actor_layout_follows_the_core_count():
+  assert config_lib.default_actor_layout(1) == (1, 32)
+  assert config_lib.default_actor_layout(2) == (2, 32)
+  assert config_lib.default_actor_layout(64) == (8, 32)
