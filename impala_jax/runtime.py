@@ -307,7 +307,8 @@ class _LearnerLoop:
                f"lag={row.get('policy_lag', math.nan):.2f}")
     if self.show_progress:
       bar.set_postfix_str(summary.split(" ", 1)[1])
-    logging.info(summary)
+    else:  # One line per row; with a bar, its postfix says the same without breaking it up.
+      logging.info(summary)
 
   def _phase_seconds(self) -> Dict[str, float]:
     seconds = {f"learner_{k}": v for k, v in self.learner.seconds.items()}
