@@ -32,6 +32,7 @@ import importlib.metadata
 import json
 import math
 import os
+import statistics
 import platform
 import shlex
 import shutil
@@ -72,6 +73,8 @@ _INFERENCE_WARMUP_CALLS = 2
 # Learner-only random batch: probability that a timestep is terminal, so the masking and
 # V-trace's cut paths are exercised as in real data.
 _TERMINAL_PROBABILITY = 0.01
+
+_MEMORY_WINDOW_SECONDS = 60.0
 
 # --long: the memory-growth run, "RSS growth between minute 2 and minute 10".
 _LONG_WINDOW_SECONDS = 600.0
@@ -366,7 +369,14 @@ def summarize_metrics(rows: Sequence[Mapping[str, Optional[float]]], warmup_seco
   memory_first = _first_row_at(rows, memory_from_seconds)
   if memory_first is None or memory_first == last:
     memory_first = first
-  rss_from, rss_last = rows[memory_first]["rss_mb"], rows[last]["rss_mb"]
+  # RSS saw-tooths by ±25% within seconds as batches are allocated and freed, so two single
+  # rows measure the phase of the saw, not growth: compare means (and peaks) of the rows in a
+  # window at each end of the memory span (60 s, or a quarter of a shorter span).
+  t_from, t_last = rows[memory_first]["wall_seconds"], rows[last]["wall_seconds"]
+  window = min(_MEMORY_WINDOW_SECONDS, (t_last - t_from) / 4)
+  rss_start = [r["rss_mb"] for r in rows[memory_first:] if r["wall_seconds"] <= t_from + window]
+  rss_end = [r["rss_mb"] for r in rows[memory_first:] if r["wall_seconds"] >= t_last - window]
+  rss_from, rss_last = statistics.fmean(rss_start), statistics.fmean(rss_end)
   summary = dict(
       env_steps_per_second=steps_per_second,
       frames_per_second=steps_per_second * frames_per_env_step,
@@ -384,9 +394,11 @@ def summarize_metrics(rows: Sequence[Mapping[str, Optional[float]]], warmup_seco
           peak_rss_mb=max(r["rss_mb"] for r in rows),
           from_seconds=rows[memory_first]["wall_seconds"],
           to_seconds=rows[last]["wall_seconds"],
-          rss_from_mb=rss_from,
+          window_seconds=window,
+          rss_from_mb=rss_from,  # Means of the rows in the first and last window.
           rss_last_mb=rss_last,
-          growth_percent=100.0 * (rss_last - rss_from) / rss_from),
+          growth_percent=100.0 * (rss_last - rss_from) / rss_from,
+          peak_growth_percent=100.0 * (max(rss_end) - max(rss_start)) / max(rss_start)),
       # The whole run, for plots of throughput and memory over time.
       series={c: [r[c] for r in rows] for c in ("wall_seconds", "env_steps", "rss_mb")})
   if warning:
@@ -636,7 +648,9 @@ def format_report(report: Mapping[str, Any]) -> str:
              ("inference latency ms", [e2e[n]["inference_latency_ms"] for n in names]),
              ("policy lag (updates)", [e2e[n]["policy_lag"] for n in names]),
              ("peak RSS MB", [e2e[n]["memory"]["peak_rss_mb"] for n in names]),
-             ("RSS growth %", [e2e[n]["memory"]["growth_percent"] for n in names]),
+             ("RSS growth % (means)", [e2e[n]["memory"]["growth_percent"] for n in names]),
+             ("RSS growth % (peaks)",
+              [e2e[n]["memory"]["peak_growth_percent"] for n in names]),
              ("  from minute", [e2e[n]["memory"]["from_seconds"] / 60 for n in names]),
              ("  to minute", [e2e[n]["memory"]["to_seconds"] / 60 for n in names])]
     lines += _table(f"End-to-end training ({s['e2e_window_seconds']:.0f} s after "

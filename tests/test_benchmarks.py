@@ -46,9 +46,22 @@ def test_summary_measures_after_warmup_and_weights_intervals():
   assert summary["time_fractions"]["actor_env"] == pytest.approx((0.2 * 1 + 0.6 * 3) / 4)
   assert summary["time_fractions"]["learner_update"] == pytest.approx(0.5)
   assert summary["memory"]["peak_rss_mb"] == 150.0
-  assert summary["memory"]["rss_from_mb"] == 110.0  # The row at wall 2.0.
-  assert summary["memory"]["growth_percent"] == pytest.approx(100 * 40 / 110)
+  # Memory span 2.0 → 7.0 s, windows of 5/4 s: rows at 2.0, 3.0 and at 7.0.
+  assert summary["memory"]["rss_from_mb"] == pytest.approx(115.0)
+  assert summary["memory"]["growth_percent"] == pytest.approx(100 * 35 / 115)
   assert "warning" not in summary
+
+
+def test_rss_saw_tooth_is_not_reported_as_growth():
+  # Allocation and release of batches: RSS alternates between 800 and 1,000 MB every row.
+  rows = [_row(float(t), 100 * t, 800.0 if t % 2 else 1000.0, 0.5) for t in range(0, 400)]
+  summary = throughput.summarize_metrics(rows, warmup_seconds=10.0, memory_from_seconds=120.0)
+  assert abs(summary["memory"]["growth_percent"]) < 1.0
+  assert abs(summary["memory"]["peak_growth_percent"]) < 1.0
+  # A real leak still shows.
+  leaking = [dict(r, rss_mb=r["rss_mb"] + t) for t, r in enumerate(rows)]
+  summary = throughput.summarize_metrics(leaking, warmup_seconds=10.0, memory_from_seconds=120.0)
+  assert summary["memory"]["growth_percent"] > 20.0
 
 
 def test_summary_of_a_run_too_short_for_its_warmup_warns_and_uses_the_last_rows():
