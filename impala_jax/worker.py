@@ -34,6 +34,10 @@ class Worker:
     self._thread.start()
     return self
 
+  def request_stop(self) -> None:
+    """Asks the thread to stop without waiting (stop many workers, then `close` each)."""
+    self._stop.set()
+
   def close(self) -> None:
     self._stop.set()
     if self._thread.is_alive():

@@ -214,3 +214,16 @@ def test_default_actor_layout_follows_the_core_count():
   assert config_lib.default_actor_layout(1) == (1, 32)
   assert config_lib.default_actor_layout(2) == (2, 32)
   assert config_lib.default_actor_layout(64) == (8, 32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_cartpole_is_solved_with_other_seeds(tmp_path, seed):
+  """Robustness of the CI learning test's settings (make test-all; ~30 s each)."""
+  logdir = tmp_path / f"cartpole_{seed}"
+  cmd = [sys.executable, os.path.join(REPO, "experiments", "control.py"), f"--logdir={logdir}",
+         f"--seed={seed}", "--total_env_steps=300000", "--progress=false"]
+  out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = [r for r in read_metrics(logdir) if r["episode_return"]]
+  assert any(float(r["episode_return"]) >= 475 and int(r["episodes"]) >= 5 for r in rows)
