@@ -54,7 +54,6 @@ from impala_jax import config as config_lib
 from impala_jax import envs
 from impala_jax import inference
 from impala_jax import learner as learner_lib
-from impala_jax import losses
 from impala_jax import runtime
 from impala_jax import types
 

@@ -177,6 +177,9 @@ class Learner:
     self._update = jax.pmap(update, axis_name=_AXIS, devices=self._devices, donate_argnums=(0,))
     self._state = self._replicate(
         TrainState(params, self._optimizer.init(params), jnp.zeros((), jnp.int32)))
+    # Host mirror of state.update_step: the runtime reads it every update, and reading the
+    # device copy would add a device→host sync to the learner loop.
+    self._update_step = 0
     self.seconds = {"stack": 0.0, "transfer": 0.0, "update": 0.0}
     # Leading axis of a host batch = devices: each device receives its own slice directly.
     self._batch_sharding = jax.sharding.NamedSharding(
@@ -207,6 +210,8 @@ class Learner:
     t2 = clock()
     self._state, metrics = self._update(self._state, batch)
     metrics = {k: float(v[0]) for k, v in jax.device_get(metrics).items()}
+    if metrics["finite"]:  # A non-finite update was not applied (see make_update_fn).
+      self._update_step += 1
     t3 = clock()
     self.seconds["stack"] += t1 - t0
     self.seconds["transfer"] += t2 - t1
@@ -218,7 +223,7 @@ class Learner:
 
   @property
   def update_step(self) -> int:
-    return int(jax.device_get(self._state.update_step[0]))
+    return self._update_step
 
   def params(self) -> Any:
     """The current parameters on the first device, for the inference server."""
@@ -230,3 +235,4 @@ class Learner:
 
   def restore(self, state: TrainState) -> None:
     self._state = self._replicate(state)
+    self._update_step = int(state.update_step)

@@ -4,7 +4,6 @@ import queue
 import threading
 
 import numpy as np
-import pytest
 
 from impala_jax import actor as actor_lib
 from impala_jax import config as config_lib
