@@ -52,9 +52,10 @@ import psutil
 
 from impala_jax import config as config_lib
 from impala_jax import envs
-from impala_jax import inference
-from impala_jax import learner as learner_lib
-from impala_jax import runtime
+from impala_jax import networks
+from impala_jax.acting import inference
+from impala_jax import learning as learner_lib
+from impala_jax.runtime import training as runtime
 from impala_jax import types
 
 MEASUREMENTS = ("raw", "e2e", "learner", "inference")
@@ -145,8 +146,8 @@ def _with_network(config: config_lib.TrainConfig, torso: str) -> config_lib.Trai
 def _network_and_params(config: config_lib.TrainConfig):
   """The network, its initial parameters (the ones a training run starts from) and the spec."""
   spec = envs.env_spec(config.env)
-  network = runtime.build_network(config, spec)
-  return network, runtime.init_params(network, spec, config.seed), spec
+  network = networks.network_for_spec(config.network, spec)
+  return network, networks.init_params(network, spec, config.seed), spec
 
 
 def random_observations(rng: np.random.Generator, spec: envs.EnvSpec,
@@ -447,7 +448,7 @@ class ReferenceLearner:
   """
 
   def __init__(self, apply_fn, params: Any, config: config_lib.TrainConfig):
-    optimizer = learner_lib.make_optimizer(config.optimizer, config.total_updates)
+    optimizer = learner_lib.make_optimizer(config.optimizer, config.anneal_optimizer_steps)
     loss_fn = learner_lib.make_loss_fn(apply_fn, config.loss)
 
     def update(params, opt_state, unroll):
@@ -782,7 +783,7 @@ def main(argv: Sequence[str]) -> None:
                                  num_threads=f.env_threads, seed=f.seed),
         network=config_lib.NetworkConfig(),
         num_actor_threads=f.num_actor_threads, unroll_length=f.unroll_length,
-        batch_size=f.batch_size, queue_capacity=2 * f.batch_size,  # As experiments/ does.
+        batch_size=f.batch_size, 
         total_env_steps=_UPDATES_BUDGET * f.batch_size * f.unroll_length, seed=f.seed,
         checkpoint_interval_minutes=1e9,  # Only the final one, after the window.
         log_interval_seconds=f.log_interval_seconds)

@@ -13,7 +13,7 @@ from absl import logging
 import jax
 
 from impala_jax import config as config_lib
-from impala_jax import runtime
+from impala_jax.runtime import training
 
 
 def define_flags(defaults: Dict[str, Any]) -> None:
@@ -37,18 +37,37 @@ def define_flags(defaults: Dict[str, Any]) -> None:
   flags.DEFINE_integer("batch_size", d["batch_size"], "Unrolls per learner update; must be "
                        "divisible by the number of local devices.")
   flags.DEFINE_integer("queue_capacity", d.get("queue_capacity", 0),
-                       "Unrolls the actor→learner queue holds; 0 means 2 × batch_size.")
+                       "Unrolls the actor→learner queue holds; 0 means batch_size (the "
+                       "lowest policy lag).")
+  flags.DEFINE_enum("objective", d.get("objective", "impala"), config_lib.OBJECTIVES,
+                    "impala: the V-trace policy gradient (paper §4.2); appo: the PPO clipped "
+                    "surrogate on V-trace advantages, with epochs and minibatches.")
+  flags.DEFINE_integer("num_epochs", d.get("num_epochs", 1), "Passes over each batch.")
+  flags.DEFINE_integer("num_minibatches", d.get("num_minibatches", 1),
+                       "Optimizer steps per pass, each on a disjoint set of whole unrolls.")
+  flags.DEFINE_float("clip_epsilon", 0.2, "APPO: ε of the clip range [1 − ε, 1 + ε] of π/μ.")
+  flags.DEFINE_bool("normalize_advantages", True, "APPO: standardise each minibatch's "
+                    "advantages.")
+  flags.DEFINE_float("vtrace_lambda", 1.0, "V-trace's λ (c_i = λ min(c̄, π/μ)).")
   flags.DEFINE_float("learning_rate", d["learning_rate"], "Initial learning rate.")
-  flags.DEFINE_enum("optimizer", d.get("optimizer", "rmsprop"), ["rmsprop", "adam"],
+  flags.DEFINE_enum("optimizer", d.get("optimizer", "rmsprop"), config_lib.OPTIMIZERS,
                     "Optimizer (the paper uses RMSProp).")
-  flags.DEFINE_bool("anneal_learning_rate", True, "Decay the learning rate linearly to 0.")
+  flags.DEFINE_float("rmsprop_epsilon", 0.01, "RMSProp's ε (the paper's 0.01).")
+  flags.DEFINE_bool("rmsprop_eps_in_sqrt", False, "RMSProp divides by √(ms + ε) "
+                    "(TensorFlow's, the paper's) instead of √ms + ε (PyTorch's, torchbeast's "
+                    "and Cleanba's).")
+  flags.DEFINE_float("adam_epsilon", 1e-5, "Adam's ε.")
+  flags.DEFINE_bool("anneal_learning_rate", True, "Decay the learning rate linearly to 0 ...")
+  flags.DEFINE_integer("anneal_env_steps", 50_000_000, "... over this many agent steps (the "
+                       "training budget the schedule is written for, not this run's length; "
+                       "the paper's 200M frames by default).")
   flags.DEFINE_float("max_grad_norm", 40.0, "Global gradient norm clip; <= 0 disables.")
   flags.DEFINE_float("discount", d.get("discount", 0.99), "γ.")
   flags.DEFINE_float("entropy_cost", d.get("entropy_cost", 0.01), "Entropy bonus weight.")
   flags.DEFINE_float("baseline_cost", d.get("baseline_cost", 0.5), "Value loss weight.")
-  flags.DEFINE_enum("loss_reduction", "sum", ["sum", "mean"],
+  flags.DEFINE_enum("loss_reduction", d.get("loss_reduction", "sum"), config_lib.REDUCTIONS,
                     "Sum over time and batch (the paper) or mean over transitions.")
-  flags.DEFINE_enum("network", d["network"], ["shallow", "deep", "mlp"], "Torso.")
+  flags.DEFINE_enum("network", d["network"], config_lib.TORSOS, "Torso.")
   flags.DEFINE_bool("use_lstm", False, "Add an LSTM core (state kept by the inference "
                     "server).")
   flags.DEFINE_list("mlp_hidden_sizes", d.get("mlp_hidden_sizes", ["64", "64"]),
@@ -74,16 +93,21 @@ def config_from_flags() -> config_lib.TrainConfig:
   network = config_lib.NetworkConfig(
       torso=f.network, use_lstm=f.use_lstm,
       mlp_hidden_sizes=tuple(int(s) for s in f.mlp_hidden_sizes))
-  loss = config_lib.LossConfig(discount=f.discount, baseline_cost=f.baseline_cost,
-                               entropy_cost=f.entropy_cost, reduction=f.loss_reduction)
+  loss = config_lib.LossConfig(
+      objective=f.objective, discount=f.discount, baseline_cost=f.baseline_cost,
+      entropy_cost=f.entropy_cost, lambda_=f.vtrace_lambda, reduction=f.loss_reduction,
+      clip_epsilon=f.clip_epsilon, normalize_advantages=f.normalize_advantages)
   optimizer = config_lib.OptimizerConfig(
       optimizer=f.optimizer, learning_rate=f.learning_rate,
-      anneal_learning_rate=f.anneal_learning_rate,
+      rmsprop_epsilon=f.rmsprop_epsilon, rmsprop_eps_in_sqrt=f.rmsprop_eps_in_sqrt,
+      adam_epsilon=f.adam_epsilon, anneal_learning_rate=f.anneal_learning_rate,
+      anneal_env_steps=f.anneal_env_steps,
       max_grad_norm=f.max_grad_norm if f.max_grad_norm > 0 else None)
   return config_lib.TrainConfig(
       env=env, network=network, loss=loss, optimizer=optimizer,
       num_actor_threads=f.num_actor_threads, unroll_length=f.unroll_length,
-      batch_size=f.batch_size, queue_capacity=f.queue_capacity or 2 * f.batch_size,
+      batch_size=f.batch_size, num_epochs=f.num_epochs, num_minibatches=f.num_minibatches,
+      queue_capacity=f.queue_capacity or None,
       inference_batch_wait_ms=f.inference_batch_wait_ms, total_env_steps=f.total_env_steps,
       seed=f.seed, logdir=f.logdir, resume=f.resume,
       checkpoint_interval_minutes=f.checkpoint_interval_minutes,
@@ -105,7 +129,7 @@ def main(argv) -> None:
   try:
     config = config_from_flags()
     logging.info("JAX devices: %s", jax.local_devices())
-    run = runtime.TrainingRun(config, show_progress=flags.FLAGS.progress)
+    run = training.TrainingRun(config, show_progress=flags.FLAGS.progress)
   except ValueError as e:
     # Bad input (flags, env id, device count, existing logdir): a clear message, exit code 2.
     print(f"error: {e}", file=sys.stderr)

@@ -1,15 +1,27 @@
 """Frozen, self-validating configuration. Built from flags only in `experiments/`.
 
 Defaults are the paper's Atari settings (Espeholt et al. 2018, Table G.1) wherever the paper
-gives one.
+gives one, except for three optimizer conventions that the paper's code inherits from
+TensorFlow or ties to a run length, and that slow learning down (see `OptimizerConfig`). The
+paper's exact settings are `experiments/configs/atari_paper.flags`.
+
+Every list of accepted names lives here, once: flags, validation, error messages and the
+modules that dispatch on a name all read these tuples.
 """
 
 import dataclasses
 import os
 from typing import Optional, Tuple
 
-_REDUCTIONS = ("sum", "mean")
-_TORSOS = ("shallow", "deep", "mlp")
+# Network torsos (`networks.torsos.make_torso`).
+TORSOS = ("shallow", "deep", "mlp")
+# How the loss's per-step terms are reduced over time and batch (`rl.losses`).
+REDUCTIONS = ("sum", "mean")
+# Optimizers (`learning.optimizers.make_optimizer`).
+OPTIMIZERS = ("rmsprop", "adam")
+# Policy objectives (`learning.update.make_loss_fn`): IMPALA's V-trace policy gradient, or
+# APPO's PPO-clipped surrogate on V-trace advantages.
+OBJECTIVES = ("impala", "appo")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -74,19 +86,28 @@ class NetworkConfig:
   mlp_hidden_sizes: Tuple[int, ...] = (64, 64)
 
   def __post_init__(self):
-    _require(self.torso in _TORSOS,
-             f"Unknown network torso {self.torso!r}; accepted: {', '.join(_TORSOS)}.")
+    _require(self.torso in TORSOS,
+             f"Unknown network torso {self.torso!r}; accepted: {', '.join(TORSOS)}.")
     _require(self.lstm_size >= 1, f"lstm_size must be >= 1, got {self.lstm_size}.")
 
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-  """The IMPALA loss (paper §4.2) and V-trace (§4.1) coefficients.
+  """The objective, V-trace (paper §4.1) and loss (§4.2) coefficients.
 
-  `reduction` is "sum" over time and batch, as in the paper (and its learning rates), or
-  "mean" over the real (unmasked) transitions.
+  Attributes:
+    objective: "impala" (V-trace policy gradient, paper §4.2) or "appo" (the PPO clipped
+      surrogate on V-trace advantages, see `rl.losses.appo_loss`).
+    discount, baseline_cost, entropy_cost: γ and the loss weights.
+    clip_rho_threshold, clip_c_threshold, clip_pg_rho_threshold, lambda_: V-trace's ρ̄, c̄,
+      ρ̄_pg and λ (None: no clipping).
+    reduction: "sum" over time and batch, as in the paper (and its learning rates), or "mean"
+      over the real (unmasked) transitions.
+    clip_epsilon: APPO's ε: the ratio π/μ is clipped to [1 − ε, 1 + ε].
+    normalize_advantages: APPO: standardise the advantages of each minibatch.
   """
 
+  objective: str = "impala"
   discount: float = 0.99
   baseline_cost: float = 0.5
   entropy_cost: float = 0.01
@@ -95,12 +116,18 @@ class LossConfig:
   clip_pg_rho_threshold: Optional[float] = 1.0
   lambda_: float = 1.0
   reduction: str = "sum"
+  clip_epsilon: float = 0.2
+  normalize_advantages: bool = True
 
   def __post_init__(self):
+    _require(self.objective in OBJECTIVES,
+             f"Unknown objective {self.objective!r}; accepted: {', '.join(OBJECTIVES)}.")
     _require(0.0 <= self.discount <= 1.0, f"discount must be in [0, 1], got {self.discount}.")
     _require(0.0 <= self.lambda_ <= 1.0, f"lambda_ must be in [0, 1], got {self.lambda_}.")
-    _require(self.reduction in _REDUCTIONS,
-             f"Unknown loss reduction {self.reduction!r}; accepted: {', '.join(_REDUCTIONS)}.")
+    _require(self.reduction in REDUCTIONS,
+             f"Unknown loss reduction {self.reduction!r}; accepted: {', '.join(REDUCTIONS)}.")
+    _require(0.0 < self.clip_epsilon < 1.0,
+             f"clip_epsilon must be in (0, 1), got {self.clip_epsilon}.")
 
 
 def default_actor_layout(cores: Optional[int] = None) -> Tuple[int, int]:
@@ -116,28 +143,49 @@ def default_actor_layout(cores: Optional[int] = None) -> Tuple[int, int]:
   return max(1, min(cores, 8)), 32
 
 
-_OPTIMIZERS = ("rmsprop", "adam")
-
-
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-  """RMSProp as in the paper (TF semantics: ε inside the square root), or Adam.
+  """Global-norm clipping, then RMSProp (the paper's) or Adam, with a linear learning-rate decay.
 
-  The learning rate decays linearly to 0 over the run when `anneal_learning_rate` is set.
+  Attributes:
+    optimizer: one of `OPTIMIZERS`.
+    learning_rate: the initial learning rate.
+    rmsprop_decay, rmsprop_momentum: RMSProp's ms decay and momentum (paper: 0.99, 0).
+    rmsprop_epsilon: RMSProp's ε (paper: 0.01).
+    rmsprop_eps_in_sqrt: where ε goes. True divides by √(ms + ε), TensorFlow's RMSProp and so
+      the paper's: with ε = 0.01 the denominator is at least 0.1, and weights whose gradients
+      are small move 2–5× slower. False divides by √ms + ε, PyTorch's RMSProp, used by
+      torchbeast and Cleanba (optax's `eps_in_sqrt`, see optax issue #532). Default False.
+    adam_epsilon: Adam's ε, its own setting (1e-5 as in CleanRL, baselines and Sample
+      Factory): RMSProp's 0.01 would shrink Adam's steps 10–100× on a mean-reduced loss.
+    max_grad_norm: global gradient-norm clip (paper: 40); None disables it.
+    anneal_learning_rate: decay the learning rate linearly to 0 ...
+    anneal_env_steps: ... over this many agent steps: the training budget the schedule is
+      written for (paper: 200M frames = 50M agent steps), not the length of this run, so that
+      a short run learns at nearly the full rate as the references' long runs do at its
+      stage (scalable_agent decays over 1e9 frames, torchbeast over 30M steps, Cleanba over
+      50M).
   """
 
   optimizer: str = "rmsprop"
   learning_rate: float = 6e-4
   rmsprop_decay: float = 0.99
   rmsprop_momentum: float = 0.0
-  epsilon: float = 0.01
+  rmsprop_epsilon: float = 0.01
+  rmsprop_eps_in_sqrt: bool = False
+  adam_epsilon: float = 1e-5
   max_grad_norm: Optional[float] = 40.0
   anneal_learning_rate: bool = True
+  anneal_env_steps: int = 50_000_000
 
   def __post_init__(self):
-    _require(self.optimizer in _OPTIMIZERS,
-             f"Unknown optimizer {self.optimizer!r}; accepted: {', '.join(_OPTIMIZERS)}.")
+    _require(self.optimizer in OPTIMIZERS,
+             f"Unknown optimizer {self.optimizer!r}; accepted: {', '.join(OPTIMIZERS)}.")
     _require(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}.")
+    _require(self.rmsprop_epsilon > 0, f"rmsprop_epsilon must be > 0, got {self.rmsprop_epsilon}.")
+    _require(self.adam_epsilon > 0, f"adam_epsilon must be > 0, got {self.adam_epsilon}.")
+    _require(self.anneal_env_steps >= 1,
+             f"anneal_env_steps must be >= 1, got {self.anneal_env_steps}.")
     if self.max_grad_norm is not None:
       _require(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}.")
 
@@ -152,7 +200,12 @@ class TrainConfig:
     num_actor_threads: actor threads, each stepping its own EnvPool.
     unroll_length: T, agent steps per unroll (each unroll carries T+1 observations).
     batch_size: unrolls per learner update, split evenly over the local devices.
-    queue_capacity: unrolls the actor→learner queue holds before actors block.
+    num_epochs: passes over each batch (APPO: several; IMPALA: 1, one gradient step).
+    num_minibatches: each pass splits the batch into this many minibatches of whole unrolls,
+      one optimizer step each (per device: batch_size / devices must divide by it).
+    queue_capacity: unrolls the actor→learner queue holds before actors block; None means
+      batch_size: the smallest queue that can fill a batch, which keeps the policy lag (the
+      age of the data, in updates) as low as the actors allow.
     inference_batch_wait_ms: how long the inference server waits for more requests after the
       first one arrives before running a batch (SEED's dynamic batching window).
     total_env_steps: stop after the learner has consumed this many agent steps.
@@ -170,7 +223,9 @@ class TrainConfig:
   num_actor_threads: int = 2
   unroll_length: int = 20
   batch_size: int = 32
-  queue_capacity: int = 64
+  num_epochs: int = 1
+  num_minibatches: int = 1
+  queue_capacity: Optional[int] = None
   inference_batch_wait_ms: float = 1.0
   total_env_steps: int = 50_000_000
   seed: int = 0
@@ -184,7 +239,13 @@ class TrainConfig:
              f"num_actor_threads must be >= 1, got {self.num_actor_threads}.")
     _require(self.unroll_length >= 1, f"unroll_length must be >= 1, got {self.unroll_length}.")
     _require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}.")
-    _require(self.queue_capacity >= self.batch_size,
+    _require(self.num_epochs >= 1, f"num_epochs must be >= 1, got {self.num_epochs}.")
+    _require(self.num_minibatches >= 1,
+             f"num_minibatches must be >= 1, got {self.num_minibatches}.")
+    _require(self.batch_size % self.num_minibatches == 0,
+             f"batch_size={self.batch_size} is not divisible by num_minibatches="
+             f"{self.num_minibatches}; minibatches hold whole unrolls.")
+    _require(self.queue_capacity is None or self.queue_capacity >= self.batch_size,
              f"queue_capacity ({self.queue_capacity}) must be >= batch_size "
              f"({self.batch_size}), or the learner could never fill a batch.")
     _require(self.total_env_steps >= 1,
@@ -202,6 +263,21 @@ class TrainConfig:
     return max(1, self.total_env_steps // self.steps_per_update)
 
   @property
+  def unroll_queue_capacity(self) -> int:
+    return self.batch_size if self.queue_capacity is None else self.queue_capacity
+
+  @property
+  def optimizer_steps_per_update(self) -> int:
+    """Gradient steps in one learner update: every minibatch of every epoch."""
+    return self.num_epochs * self.num_minibatches
+
+  @property
+  def anneal_optimizer_steps(self) -> int:
+    """The learning-rate schedule's length in optimizer steps (`optimizer.anneal_env_steps`)."""
+    updates = max(1, self.optimizer.anneal_env_steps // self.steps_per_update)
+    return updates * self.optimizer_steps_per_update
+
+  @property
   def total_envs(self) -> int:
     return self.num_actor_threads * self.env.num_envs
 
@@ -210,3 +286,8 @@ class TrainConfig:
     _require(self.batch_size % num_devices == 0,
              f"batch_size={self.batch_size} is not divisible by the {num_devices} local "
              f"devices; use a batch size that is a multiple of {num_devices}.")
+    per_device = self.batch_size // num_devices
+    _require(per_device % self.num_minibatches == 0,
+             f"batch_size={self.batch_size} over {num_devices} devices gives {per_device} "
+             f"unrolls per device, not divisible by num_minibatches={self.num_minibatches}; "
+             f"use a batch size that is a multiple of {num_devices * self.num_minibatches}.")

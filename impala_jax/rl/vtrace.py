@@ -48,7 +48,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from impala_jax import distributions
+from impala_jax.rl import distributions
 
 Array = chex.Array
 Numeric = Union[float, Array]

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from impala_jax import distributions
-from impala_jax import inference
+from impala_jax.rl import distributions
+from impala_jax.acting import inference
 
 OBS_DIM = 3
 NUM_ACTIONS = 4
@@ -143,7 +143,8 @@ def test_policy_step_compiles_once_per_batch_size():
 def test_batches_requests_of_four_real_actor_threads():
   """Four `Actor`s stepping real CartPole pools through one server: calls hold several."""
   import queue  # pylint: disable=g-import-not-at-top
-  from impala_jax import actor as actor_lib, config as config_lib, networks
+  from impala_jax import config as config_lib, networks
+  from impala_jax.acting import actor as actor_lib
 
   num_actors, envs_per_actor = 4, 2
   network = networks.ImpalaNetwork("mlp", num_actions=2, mlp_hidden_sizes=(8,))

@@ -25,20 +25,19 @@ from typing import Any, Dict, List, NamedTuple, Optional
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import numpy as np
 import psutil
 import tqdm
 
-from impala_jax import actor as actor_lib
-from impala_jax import checkpoint as checkpoint_lib
 from impala_jax import config as config_lib
 from impala_jax import envs
-from impala_jax import inference
-from impala_jax import learner as learner_lib
-from impala_jax import logging as metrics_lib
 from impala_jax import networks
 from impala_jax import types
+from impala_jax.acting import actor as actor_lib
+from impala_jax.acting import inference
+from impala_jax.learning import learner as learner_lib
+from impala_jax.runtime import checkpoint as checkpoint_lib
+from impala_jax.runtime import metrics as metrics_lib
 
 _POLL_SECONDS = 0.1
 
@@ -50,19 +49,6 @@ class RunSummary(NamedTuple):
   steps_per_second: float  # agent steps consumed by the learner per second, this session
   episode_returns: List[float]  # real scores of all episodes finished this session, in order
   stop_reason: str  # "completed" | "signal" | "stop_requested"
-
-
-def build_network(config: config_lib.TrainConfig, spec: envs.EnvSpec):
-  if spec.discrete:
-    return networks.make_network(config.network, num_actions=spec.num_actions)
-  return networks.make_network(config.network, action_dim=spec.action_dim)
-
-
-def init_params(network, spec: envs.EnvSpec, seed: int):
-  # numpy, not jnp: float64 observations (MuJoCo) are cast by jit without a warning.
-  observation = np.zeros((1, 1) + tuple(spec.observation_shape), spec.observation_dtype)
-  first = jnp.ones((1, 1), bool)
-  return network.init(jax.random.PRNGKey(seed), observation, first, network.initial_state(1))
 
 
 def _close_all(workers) -> None:
@@ -112,7 +98,7 @@ class TrainingRun:
     self._stop = threading.Event()
     config.check_devices(jax.local_device_count())
     self._spec = envs.env_spec(config.env)
-    self._network = build_network(config, self._spec)
+    self._network = networks.network_for_spec(config.network, self._spec)
     checkpoint_dir = os.path.join(config.logdir, "checkpoints")
     if not config.resume and os.path.isdir(checkpoint_dir) and any(
         name.isdigit() for name in os.listdir(checkpoint_dir)):
@@ -129,14 +115,14 @@ class TrainingRun:
     start_time = time.monotonic()
     os.makedirs(config.logdir, exist_ok=True)
     spec, network = self._spec, self._network
-    learner = learner_lib.Learner(network.apply, init_params(network, spec, config.seed), config)
+    learner = learner_lib.Learner(network.apply, networks.init_params(network, spec, config.seed), config)
     checkpointer = checkpoint_lib.Checkpointer(os.path.join(config.logdir, "checkpoints"))
     env_steps = self._maybe_restore(learner, checkpointer)
     with open(os.path.join(config.logdir, "config.json"), "w") as f:
       json.dump(dataclasses.asdict(config), f, indent=2)
 
     episodes: "queue.SimpleQueue[types.EpisodeStats]" = queue.SimpleQueue()
-    unroll_queue: "queue.Queue[types.Unroll]" = queue.Queue(maxsize=config.queue_capacity)
+    unroll_queue: "queue.Queue[types.Unroll]" = queue.Queue(maxsize=config.unroll_queue_capacity)
     recv_batch = config.env.recv_batch_size
     server = inference.InferenceServer(
         network.apply, learner.params(), network.initial_state(1),

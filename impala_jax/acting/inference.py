@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from impala_jax import types
-from impala_jax import worker
+from impala_jax.runtime import worker
 
 # How often blocked calls wake up to check whether the server is still alive.
 _POLL_SECONDS = 0.1

@@ -10,7 +10,7 @@ import numpy as np
 import scipy.special
 import scipy.stats
 
-from impala_jax import distributions
+from impala_jax.rl import distributions
 
 UNROLL_LENGTH = 5  # T
 BATCH_SIZE = 3     # B

@@ -5,9 +5,9 @@ import threading
 
 import numpy as np
 
-from impala_jax import actor as actor_lib
+from impala_jax.acting import actor as actor_lib
 from impala_jax import config as config_lib
-from impala_jax import inference
+from impala_jax.acting import inference
 
 T = 8
 

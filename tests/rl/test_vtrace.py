@@ -14,7 +14,7 @@ import pytest
 import rlax
 import scipy.stats
 
-from impala_jax import vtrace
+from impala_jax.rl import vtrace
 
 UNROLL_LENGTH = 7  # T, axis 0.
 BATCH_SIZE = 3     # B, axis 1.

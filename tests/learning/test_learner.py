@@ -1,4 +1,4 @@
-"""Tests for the learner (impala_jax/learner.py): input alignment, batching, updates."""
+"""Tests for impala_jax.learning: input alignment, batching, the update, the Learner."""
 
 import os
 import subprocess
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from impala_jax import config as config_lib
-from impala_jax import learner as learner_lib
+from impala_jax import learning as learner_lib
 from impala_jax import networks
 from impala_jax import types
 
@@ -75,11 +75,16 @@ def _config(**kwargs):
   return config_lib.TrainConfig(**{**defaults, **kwargs})
 
 
-def _learner(config, devices=None, seed=0):
+def _network_and_params(config, seed=0, apply_wrapper=None):
   network = networks.make_network(config.network, num_actions=NUM_ACTIONS)
   params = network.init(jax.random.PRNGKey(seed), jnp.zeros((1, 1, OBS_DIM)),
                         jnp.ones((1, 1), bool), network.initial_state(1))
-  return learner_lib.Learner(network.apply, params, config, devices=devices)
+  return network, params
+
+
+def _learner(config, devices=None, seed=0, apply_fn=None):
+  network, params = _network_and_params(config, seed)
+  return learner_lib.Learner(apply_fn or network.apply, params, config, devices=devices)
 
 
 def test_updates_reduce_the_loss_on_a_fixed_batch_and_count_steps():
@@ -118,16 +123,55 @@ def test_non_finite_update_is_not_applied():
   assert learner.update_step == 0
 
 
-def test_lstm_learner_runs_with_core_state():
-  rng = np.random.default_rng(4)
-  config = _config(network=config_lib.NetworkConfig(torso="mlp", mlp_hidden_sizes=(16,),
-                                                    use_lstm=True, lstm_size=8))
-  network = networks.make_network(config.network, num_actions=NUM_ACTIONS)
-  params = network.init(jax.random.PRNGKey(0), jnp.zeros((1, 1, OBS_DIM)),
-                        jnp.ones((1, 1), bool), network.initial_state(1))
-  learner = learner_lib.Learner(network.apply, params, config)
-  metrics = learner.step([make_unroll(rng, use_lstm=True) for _ in range(4)])
-  assert metrics["finite"] == 1.0
+def _lstm_config():
+  return _config(network=config_lib.NetworkConfig(torso="mlp", mlp_hidden_sizes=(16,),
+                                                  use_lstm=True, lstm_size=8))
+
+
+def test_lstm_learner_unrolls_from_the_recorded_core_state():
+  """The loss is computed from each unroll's recorded core state, not from zeros."""
+  config = _lstm_config()
+  network, params = _network_and_params(config)
+  unrolls = [make_unroll(np.random.default_rng(4), use_lstm=True) for _ in range(4)]
+  batch = learner_lib.stack_unrolls(unrolls, num_devices=1)
+  time_major = jax.tree.map(lambda x: jnp.swapaxes(x[0], 0, 1), batch._replace(core_state=()))
+  time_major = time_major._replace(core_state=jax.tree.map(lambda x: x[0], batch.core_state))
+  loss_fn = learner_lib.make_loss_fn(network.apply, config.loss)
+  expected_loss, _ = loss_fn(params, time_major)
+  zero_state_loss, _ = loss_fn(params, time_major._replace(
+      core_state=network.initial_state(len(unrolls))))
+  assert abs(float(expected_loss) - float(zero_state_loss)) > 1e-4  # The state matters here.
+
+  metrics = learner_lib.Learner(network.apply, params, config).step(unrolls)
+  assert metrics["loss"] == pytest.approx(float(expected_loss), rel=1e-5)
+
+
+def test_appo_update_takes_epochs_times_minibatches_optimizer_steps():
+  config = _config(loss=config_lib.LossConfig(objective="appo", reduction="mean"),
+                   num_epochs=2, num_minibatches=2)
+  learner = _learner(config)
+  rng = np.random.default_rng(7)
+  unrolls = [make_unroll(rng) for _ in range(4)]
+  first = learner.step(unrolls)
+  for _ in range(20):
+    last = learner.step(unrolls)
+  assert learner.update_step == 21  # One learner update (policy version) per batch ...
+  state = learner.state()
+  # ... and 2 epochs × 2 minibatches = 4 optimizer steps each (Adam/RMSProp count them).
+  counts = [int(x) for x in jax.tree.leaves(state.opt_state) if np.ndim(x) == 0]
+  assert counts and max(counts) == 4 * 21
+  assert last["baseline_loss"] < first["baseline_loss"]
+  assert {"clip_fraction", "approx_kl"} <= set(first)
+
+
+def test_minibatches_are_disjoint_and_cover_the_batch():
+  from impala_jax.learning import update as update_lib  # pylint: disable=g-import-not-at-top
+  indices = update_lib._minibatch_indices(jax.random.PRNGKey(0), batch_size=8,
+                                          num_minibatches=4)
+  assert [len(i) for i in indices] == [2, 2, 2, 2]
+  assert sorted(np.concatenate(indices).tolist()) == list(range(8))
+  other = update_lib._minibatch_indices(jax.random.PRNGKey(1), 8, 4)
+  assert not all(np.array_equal(a, b) for a, b in zip(indices, other))  # Shuffled per key.
 
 
 def test_batch_size_not_divisible_by_devices_fails_early():
@@ -168,16 +212,14 @@ def test_two_devices_give_the_same_update_as_one():
 def test_update_compiles_once_across_steps():
   """A recompile per update would dominate the learner's time; trace once, then reuse."""
   config = _config()
-  network = networks.make_network(config.network, num_actions=NUM_ACTIONS)
+  network, _ = _network_and_params(config)
   traces = {"n": 0}
 
   def counting_apply(*args, **kwargs):
     traces["n"] += 1  # Runs only while tracing.
     return network.apply(*args, **kwargs)
 
-  params = network.init(jax.random.PRNGKey(0), jnp.zeros((1, 1, OBS_DIM)),
-                        jnp.ones((1, 1), bool), network.initial_state(1))
-  learner = learner_lib.Learner(counting_apply, params, config)
+  learner = _learner(config, apply_fn=counting_apply)
   rng = np.random.default_rng(6)
   for _ in range(4):
     learner.step([make_unroll(rng) for _ in range(4)])

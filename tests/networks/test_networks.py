@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from impala_jax import config as config_lib
-from impala_jax import distributions
+from impala_jax.rl import distributions
 from impala_jax import networks
 
 T, B = 2, 3  # time steps, batch (environments)

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from impala_jax import distributions
-from impala_jax import losses
+from impala_jax.rl import distributions
+from impala_jax.rl import losses
 
 METRIC_KEYS = {"loss", "policy_loss", "baseline_loss", "entropy_loss", "entropy", "rho_mean",
                "rho_clipped_fraction", "value_mean", "vs_mean", "pg_advantage_mean"}
@@ -335,3 +335,99 @@ def test_rho_clipped_fraction(threshold, expected_fraction):
   _, metrics = _loss(inputs, clip_rho_threshold=threshold)
   np.testing.assert_allclose(metrics["rho_clipped_fraction"], expected_fraction, rtol=1e-6)
   np.testing.assert_allclose(metrics["rho_mean"], (2.0 + 0.5 + 1.5) / 3, rtol=1e-5)
+
+
+# -- APPO: the PPO clipped surrogate on V-trace advantages --------------------------------------
+
+
+def _appo(inputs, **kwargs):
+  inputs = dict(inputs)
+  policy = distributions.Categorical(inputs.pop("logits"))
+  return losses.appo_loss(policy, **inputs, **kwargs)
+
+
+def _appo_grads(inputs, **kwargs):
+  return jax.grad(lambda x: _appo(x, **kwargs)[0], allow_int=True)(inputs)
+
+
+def test_appo_gradient_equals_impala_at_ratio_one():
+  # On-policy (π = μ, ratio 1, clipping inactive) and without advantage normalisation, the
+  # surrogate's gradient A ∇r = A ∇log π is IMPALA's policy gradient, term for term.
+  inputs = _random_categorical(5, masked=[(1, 0)])
+  inputs["behaviour_log_probs"] = distributions.Categorical(inputs["logits"]).log_prob(
+      inputs["actions"])
+  for reduction in losses.REDUCTIONS:
+    appo = _appo_grads(inputs, normalize_advantages=False, reduction=reduction)
+    impala = _grads(inputs, reduction=reduction)
+    for name in ("logits", "values"):
+      np.testing.assert_allclose(appo[name], impala[name], rtol=1e-5, atol=1e-7,
+                                 err_msg=f"{name}, {reduction}")
+
+
+@pytest.mark.parametrize("ratio, advantage, blocked", [
+    (1.5, 1.0, True),    # r > 1 + ε with A > 0: the clip stops raising π(a) further.
+    (0.5, -1.0, True),   # r < 1 − ε with A < 0: the clip stops lowering π(a) further.
+    (1.5, -1.0, False),  # r > 1 + ε with A < 0: pulled back, gradient flows.
+    (0.5, 1.0, False),   # r < 1 − ε with A > 0: pulled back, gradient flows.
+    (1.1, 1.0, False),   # Inside the clip range.
+])
+def test_clipped_surrogate_blocks_gradient_only_in_the_clipped_direction(ratio, advantage,
+                                                                         blocked):
+  logits = _f32([[[0.2, -0.1, 0.4]]])  # [T=1, B=1, A=3]
+  actions = jnp.array([[2]], jnp.int32)
+  log_probs = distributions.Categorical(logits).log_prob(actions)
+  behaviour_log_probs = log_probs - math.log(ratio)
+  mask = _f32([[1.0]])
+
+  def loss_of(logits):
+    return losses.clipped_surrogate_loss(
+        distributions.Categorical(logits).log_prob(actions), behaviour_log_probs,
+        _f32([[advantage]]), mask, epsilon=0.2)
+
+  grad = jax.grad(loss_of)(logits)
+  if blocked:
+    np.testing.assert_array_equal(grad, np.zeros_like(grad))
+  else:
+    assert float(jnp.abs(grad).max()) > 1e-3
+  # The value: −min(r A, clip(r, 0.8, 1.2) A).
+  expected = -min(ratio * advantage, min(max(ratio, 0.8), 1.2) * advantage)
+  np.testing.assert_allclose(loss_of(logits), expected, rtol=1e-5)
+
+
+def test_clipped_surrogate_agrees_with_rlax_on_random_inputs():
+  import rlax  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(6)
+  time_steps = 50
+  log_probs = _f32(rng.normal(size=(time_steps, 1)) - 1.0)
+  behaviour_log_probs = log_probs + _f32(rng.normal(scale=0.4, size=(time_steps, 1)))
+  advantages = _f32(rng.normal(size=(time_steps, 1)))
+  mask = _f32(np.ones((time_steps, 1)))
+  for epsilon in (0.1, 0.2, 0.3):
+    ours = losses.clipped_surrogate_loss(log_probs, behaviour_log_probs, advantages, mask,
+                                         epsilon, reduction="mean")
+    reference = rlax.clipped_surrogate_pg_loss(
+        jnp.exp(log_probs - behaviour_log_probs)[:, 0], advantages[:, 0], epsilon)
+    np.testing.assert_allclose(ours, reference, rtol=1e-5, err_msg=f"epsilon={epsilon}")
+    # And the gradients with respect to log π.
+    ours_grad = jax.grad(lambda lp: losses.clipped_surrogate_loss(
+        lp, behaviour_log_probs, advantages, mask, epsilon, reduction="mean"))(log_probs)
+    reference_grad = jax.grad(lambda lp: rlax.clipped_surrogate_pg_loss(
+        jnp.exp(lp - behaviour_log_probs)[:, 0], advantages[:, 0], epsilon))(log_probs)
+    np.testing.assert_allclose(ours_grad, reference_grad, rtol=1e-5, atol=1e-8)
+
+
+def test_appo_normalises_advantages_over_real_steps_and_masks_garbage():
+  inputs = _random_categorical(7, masked=[(2, 1)])
+  inputs["behaviour_log_probs"] = inputs["behaviour_log_probs"].at[2, 1].set(jnp.nan)
+  loss, metrics = _appo(inputs, reduction="mean")
+  assert np.isfinite(loss)
+  assert set(metrics) == METRIC_KEYS | {"clip_fraction", "approx_kl"}
+  assert all(np.isfinite(v) for v in metrics.values())
+  assert metrics["approx_kl"] >= 0.0
+  # Standardised over the real steps: mean 0, std 1 there, whatever the masked step holds.
+  advantages = _f32(np.arange(8.0).reshape(4, 2))
+  mask = _f32(np.ones((4, 2))).at[2, 1].set(0.0)
+  standardized = losses.standardize(advantages, mask)
+  real = np.asarray(standardized)[np.asarray(mask) > 0]
+  np.testing.assert_allclose(real.mean(), 0.0, atol=1e-6)
+  np.testing.assert_allclose(real.std(), 1.0, rtol=1e-5)

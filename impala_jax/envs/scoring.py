@@ -1,0 +1,116 @@
+"""Real game scores: whole games, unclipped rewards, while training sees life-loss episodes.
+
+With the paper's Atari training settings (`episodic_life`, `reward_clip`) the learner's episodes
+end at every life loss and its rewards are clipped; the paper's figures report the game's own
+score over whole games. `EpisodeTracker` computes that score from EnvPool's `info`.
+"""
+
+from typing import Any, List, Mapping
+
+import numpy as np
+
+from impala_jax.types import EpisodeStats
+
+
+class EpisodeTracker:
+  """Scores finished episodes as the game scores them, for every environment of one pool.
+
+  Feed it every `step()`/`recv()` result, including the first `recv()` after `async_reset()`
+  and autoreset steps. Per environment it sums the reward over the episode:
+
+  * Atari: the unclipped `info["reward"]` over the whole game, all lives; a game ends at the
+    real game over (`info["terminated"]`) or at truncation, not at a life loss (which training
+    with `episodic_life=True` sees as `terminated`).
+  * Other tasks: `reward`; an episode ends at `terminated | truncated`.
+
+  Episode length convention: the number of agent steps whose action the environment applied,
+  i.e. the transitions of the episode. Reset steps (the autoreset after an end, and on Atari the
+  reset after each life loss, whose actions EnvPool ignores) do not count. This is exactly
+  EnvPool's `info["elapsed_step"]` at the episode's last step, which is read from there; the
+  same counter drives truncation. (Atari frames = length × frame_skip, no-ops excluded.)
+
+  Cost per call: a few vectorised numpy operations on the batch, and a Python loop only over
+  the environments that finished.
+  """
+
+  def __init__(self, num_envs: int, is_atari: bool):  # pylint: disable=redefined-outer-name
+    if num_envs < 1:
+      raise ValueError(f"num_envs must be >= 1, got {num_envs}.")
+    self._num_envs = int(num_envs)
+    self._is_atari = bool(is_atari)
+    # float64: sums of thousands of rewards must not lose precision.
+    self._returns = np.zeros(self._num_envs, np.float64)
+    self._num_episodes = 0
+
+  @property
+  def num_envs(self) -> int:
+    return self._num_envs
+
+  @property
+  def num_episodes(self) -> int:
+    """Episodes finished since construction."""
+    return self._num_episodes
+
+  def update(self, env_ids: Any, reward: Any, terminated: Any, truncated: Any,
+             info: Mapping[str, Any]) -> List[EpisodeStats]:
+    """Adds one batch of EnvPool results; returns the episodes that finished in it.
+
+    Args:
+      env_ids: `[K]` ints, `info["env_id"]`: which environments these results belong to
+        (distinct, in `[0, num_envs)`).
+      reward: `[K]` the (possibly clipped) training reward.
+      terminated: `[K]` bool.
+      truncated: `[K]` bool.
+      info: EnvPool's info dict; needs `"elapsed_step"`, and on Atari `"reward"` (unclipped)
+        and `"terminated"` (real game over).
+
+    Returns:
+      One `EpisodeStats` per environment whose episode (Atari: game) ended in this batch, in
+      batch order.
+
+    Raises:
+      ValueError: mismatched shapes, bad env ids, or missing info fields.
+    """
+    env_ids = np.asarray(env_ids)
+    num_results = env_ids.shape[0] if env_ids.ndim == 1 else -1
+    if num_results < 0 or not np.issubdtype(env_ids.dtype, np.integer):
+      raise ValueError(f"env_ids must be a 1-D integer array, got {env_ids.dtype} "
+                       f"{env_ids.shape}.")
+    if num_results == 0:
+      return []
+    if env_ids.min() < 0 or env_ids.max() >= self._num_envs:
+      raise ValueError(f"env_ids must be in [0, {self._num_envs}), got {env_ids}.")
+    # Duplicates would silently drop rewards in the fancy-indexed `+=` below.
+    if np.bincount(env_ids, minlength=self._num_envs).max() > 1:
+      raise ValueError(f"env_ids must be distinct within a batch, got {env_ids}.")
+    if self._is_atari:
+      missing = [key for key in ("reward", "terminated", "elapsed_step") if key not in info]
+    else:
+      missing = [key for key in ("elapsed_step",) if key not in info]
+    if missing:
+      raise ValueError(f"info lacks {missing}; EpisodeTracker(is_atari={self._is_atari}) "
+                       "needs EnvPool's info dict.")
+    if self._is_atari:
+      score = np.asarray(info["reward"])
+      ended = np.asarray(info["terminated"]).astype(bool) | np.asarray(truncated, bool)
+    else:
+      score = np.asarray(reward)
+      ended = np.asarray(terminated, bool) | np.asarray(truncated, bool)
+    elapsed_step = np.asarray(info["elapsed_step"])
+    for name, array in (("reward", score), ("ended", ended), ("elapsed_step", elapsed_step)):
+      if array.shape != (num_results,):
+        raise ValueError(f"{name} must have shape ({num_results},) like env_ids, got "
+                         f"{array.shape}.")
+
+    # Reset steps carry reward 0, so adding them needs no mask.
+    self._returns[env_ids] += score
+    if not ended.any():
+      return []
+    finished_ids = env_ids[ended]
+    finished = [
+        EpisodeStats(episode_return=float(self._returns[env_id]), episode_length=int(length))
+        for env_id, length in zip(finished_ids, elapsed_step[ended])
+    ]
+    self._returns[finished_ids] = 0.0
+    self._num_episodes += len(finished)
+    return finished

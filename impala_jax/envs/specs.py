@@ -1,0 +1,141 @@
+"""What the network and the actor need to know of an environment, and its action format."""
+
+from typing import Any, NamedTuple, Optional, Tuple, Union
+
+import envpool
+import numpy as np
+
+from impala_jax.config import EnvConfig
+from impala_jax.envs import envpool_envs
+
+
+class EnvSpec(NamedTuple):
+  """What the network builder and the actor need to know about an environment.
+
+  Attributes:
+    observation_shape: one environment's observation, e.g. `(4, 84, 84)` (stack, H, W) for
+      Atari, `(4,)` for CartPole.
+    observation_dtype: numpy dtype of observations (uint8 for Atari, float32/float64 else).
+    discrete: whether actions are integers in `[0, num_actions)`.
+    num_actions: number of discrete actions; None for continuous actions.
+    action_dim: size of a continuous action vector; None for discrete actions.
+    action_low: `[action_dim]` lower bounds (float32, read-only); None when discrete.
+    action_high: `[action_dim]` upper bounds (float32, read-only); None when discrete.
+    action_dtype: numpy dtype EnvPool expects for actions (int32, float32 or float64).
+    is_atari: whether the task is an EnvPool Atari task (see `EpisodeTracker`).
+  """
+
+  observation_shape: Tuple[int, ...]
+  observation_dtype: np.dtype
+  discrete: bool
+  num_actions: Optional[int]
+  action_dim: Optional[int]
+  action_low: Optional[np.ndarray]
+  action_high: Optional[np.ndarray]
+  action_dtype: np.dtype
+  is_atari: bool
+
+
+def _read_only(array: Any) -> np.ndarray:
+  array = np.array(array, dtype=np.float32)
+  array.setflags(write=False)
+  return array
+
+
+def _spec_from_envpool(pool_spec: Any) -> EnvSpec:
+  """Reads an `EnvSpec` from an EnvPool spec (gymnasium spaces plus array specs)."""
+  observation_space = pool_spec.observation_space
+  action_space = pool_spec.action_space
+  if not (hasattr(observation_space, "shape") and observation_space.shape is not None and
+          hasattr(observation_space, "dtype") and observation_space.dtype is not None):
+    raise ValueError("Only array observations are supported; this task observes "
+                     f"{observation_space}.")
+  # EnvPool's own record of the action array is the authority on its dtype (gymnasium's
+  # Discrete says int64, EnvPool stores int32).
+  action_array_spec = getattr(pool_spec, "action_array_spec", {}).get("action")
+  space_name = type(action_space).__name__
+  if space_name == "Discrete":
+    return EnvSpec(
+        observation_shape=tuple(observation_space.shape),
+        observation_dtype=np.dtype(observation_space.dtype),
+        discrete=True,
+        num_actions=int(action_space.n),
+        action_dim=None,
+        action_low=None,
+        action_high=None,
+        action_dtype=np.dtype(action_array_spec.dtype if action_array_spec else np.int32),
+        is_atari=type(pool_spec).__name__ == envpool_envs.ATARI_SPEC_CLASS,
+    )
+  if space_name == "Box" and len(action_space.shape) == 1:
+    return EnvSpec(
+        observation_shape=tuple(observation_space.shape),
+        observation_dtype=np.dtype(observation_space.dtype),
+        discrete=False,
+        num_actions=None,
+        action_dim=int(action_space.shape[0]),
+        action_low=_read_only(action_space.low),
+        action_high=_read_only(action_space.high),
+        action_dtype=np.dtype(action_array_spec.dtype if action_array_spec
+                              else action_space.dtype),
+        is_atari=False,
+    )
+  raise ValueError(f"Only Discrete and 1-D Box action spaces are supported, got {action_space}.")
+
+
+def env_spec(env_or_config: Union[EnvConfig, Any]) -> EnvSpec:
+  """The `EnvSpec` of an `EnvConfig`, a built EnvPool environment, or an EnvPool spec.
+
+  From a config, the spec is built with the same settings `make_env` uses (so `stack_num`
+  shows in `observation_shape`) without starting any environment.
+
+  Raises:
+    ValueError: unknown task id, or observation/action spaces this package does not handle.
+    TypeError: the argument is none of the accepted kinds.
+  """
+  if isinstance(env_or_config, EnvConfig):
+    pool_spec = envpool.make_spec(env_or_config.env_id,
+                                  **envpool_envs.envpool_kwargs(env_or_config))
+  elif hasattr(env_or_config, "action_array_spec"):
+    pool_spec = env_or_config
+  elif hasattr(getattr(env_or_config, "spec", None), "action_array_spec"):
+    pool_spec = env_or_config.spec
+  else:
+    raise TypeError("env_spec expects an EnvConfig, an EnvPool environment or an EnvPool "
+                    f"spec, got {type(env_or_config).__name__}.")
+  return _spec_from_envpool(pool_spec)
+
+
+def to_env_action(actions: Any, spec: EnvSpec) -> np.ndarray:
+  """Turns a batch of policy actions into the array EnvPool accepts.
+
+  Discrete actions are checked to lie in `[0, num_actions)`: EnvPool does not check, and an
+  out-of-range index would pick an arbitrary ALE action. Continuous actions are clipped to
+  `[action_low, action_high]` (the Gaussian policy is unbounded) and cast to `action_dtype`.
+
+  Args:
+    actions: `[B]` integers (discrete) or `[B, action_dim]` floats (continuous); numpy or JAX.
+    spec: the environment's spec.
+
+  Returns:
+    `[B]` int32 or `[B, action_dim]` `spec.action_dtype`, a new numpy array.
+
+  Raises:
+    ValueError: wrong shape, out-of-range discrete or non-finite continuous actions.
+    TypeError: non-integer discrete actions.
+  """
+  actions = np.asarray(actions)
+  if spec.discrete:
+    if actions.ndim != 1:
+      raise ValueError(f"Discrete actions must be [batch], got shape {actions.shape}.")
+    if not np.issubdtype(actions.dtype, np.integer):
+      raise TypeError(f"Discrete actions must be integers, got dtype {actions.dtype}.")
+    if actions.size and (actions.min() < 0 or actions.max() >= spec.num_actions):
+      raise ValueError(f"Discrete actions must be in [0, {spec.num_actions}), got "
+                       f"min {actions.min()} and max {actions.max()}.")
+    return actions.astype(spec.action_dtype)
+  if actions.ndim != 2 or actions.shape[1] != spec.action_dim:
+    raise ValueError(f"Continuous actions must be [batch, {spec.action_dim}], got shape "
+                     f"{actions.shape}.")
+  if not np.all(np.isfinite(actions)):
+    raise ValueError("Continuous actions contain NaN or infinity; the policy has diverged.")
+  return np.clip(actions, spec.action_low, spec.action_high).astype(spec.action_dtype)

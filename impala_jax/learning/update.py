@@ -1,0 +1,178 @@
+"""The learner's pure update: `update(state, batch) -> (state, metrics)`, run under `pmap`.
+
+One update consumes one batch of T+1-step unrolls:
+
+    for each of num_epochs passes:
+      for each of num_minibatches minibatches of whole unrolls (shuffled per pass):
+        unroll the network from the recorded core state → objective (IMPALA or APPO)
+        → gradients, averaged over devices (pmean) → optax step
+
+With one epoch and one minibatch (IMPALA, the paper) that is one gradient step per batch.
+The loops are Python loops, unrolled into the jitted function: a `lax.scan` or `fori_loop`
+over minibatches would put the convolutional torso inside an XLA while loop, which runs about
+17× slower on XLA:CPU (jax-ml/jax#12868).
+
+Host batches are laid out `[num_devices, batch_per_device, T+1, ...]` (unrolls stacked on a
+leading axis, then split by device); the update moves time to the front itself, so the host
+never transposes observations.
+"""
+
+from typing import Any, Callable, Dict, NamedTuple, Tuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from impala_jax import config as config_lib
+from impala_jax import types
+from impala_jax.rl import losses
+
+AXIS = "devices"
+
+
+class TrainState(NamedTuple):
+  params: Any
+  opt_state: Any
+  update_step: jax.Array  # int32 scalar, learner updates (batches) applied so far
+
+
+class LearnerInputs(NamedTuple):
+  """What the loss needs, derived from a time-major Unroll batch `[T+1, B]` (types.py)."""
+
+  actions: jax.Array  # [T, B] a_t
+  behaviour_log_probs: jax.Array  # [T, B] log μ(a_t|x_t)
+  rewards: jax.Array  # [T, B] r_t, the reward that arrives with x_{t+1}
+  discounts: jax.Array  # [T, B] γ_t = γ (1 − terminated(x_{t+1}))
+  mask: jax.Array  # [T, B] 1 where step t is a real transition, 0 for EnvPool's autoreset step
+
+
+def learner_inputs(unroll: types.Unroll, discount: float) -> LearnerInputs:
+  """Aligns the actor's timestep records into per-transition arrays (see `types.py`).
+
+  Step t leads from x_t to x_{t+1}: its reward and termination arrive with x_{t+1}. When x_t
+  itself ended an episode (terminated or truncated) EnvPool ignores a_t and resets, so step t
+  is masked. A truncated x_{t+1} keeps γ_t = γ: the step before a time limit still bootstraps
+  from V(x_{t+1}).
+  """
+  done = jnp.logical_or(unroll.terminated, unroll.truncated)
+  return LearnerInputs(
+      actions=unroll.action[:-1],
+      behaviour_log_probs=unroll.behaviour_log_prob[:-1],
+      rewards=unroll.reward[1:],
+      discounts=discount * (1.0 - unroll.terminated[1:].astype(jnp.float32)),
+      mask=1.0 - done[:-1].astype(jnp.float32))
+
+
+def _objective_kwargs(loss_config: config_lib.LossConfig) -> Dict[str, Any]:
+  kwargs = dict(
+      baseline_cost=loss_config.baseline_cost, entropy_cost=loss_config.entropy_cost,
+      clip_rho_threshold=loss_config.clip_rho_threshold,
+      clip_c_threshold=loss_config.clip_c_threshold,
+      clip_pg_rho_threshold=loss_config.clip_pg_rho_threshold,
+      lambda_=loss_config.lambda_, reduction=loss_config.reduction)
+  if loss_config.objective == "appo":
+    kwargs.update(clip_epsilon=loss_config.clip_epsilon,
+                  normalize_advantages=loss_config.normalize_advantages)
+  return kwargs
+
+
+_OBJECTIVES = {"impala": losses.impala_loss, "appo": losses.appo_loss}
+
+
+def make_loss_fn(apply_fn: Callable[..., Any], loss_config: config_lib.LossConfig):
+  """`loss_fn(params, unroll) -> (loss, metrics)` on a time-major `Unroll` `[T+1, B, ...]`.
+
+  The network runs over all T+1 timesteps from the unroll's recorded core state; V(x_T) is the
+  bootstrap value; the objective (`loss_config.objective`) scores steps 0..T-1.
+  """
+  objective = _OBJECTIVES[loss_config.objective]
+  kwargs = _objective_kwargs(loss_config)
+
+  def loss_fn(params, unroll: types.Unroll):
+    output, _ = apply_fn(params, unroll.observation, unroll.first, unroll.core_state)
+    inputs = learner_inputs(unroll, loss_config.discount)
+    policy = jax.tree.map(lambda x: x[:-1], output.policy)
+    return objective(policy, output.value[:-1], output.value[-1], inputs.actions,
+                     inputs.behaviour_log_probs, inputs.rewards, inputs.discounts, inputs.mask,
+                     **kwargs)
+
+  return loss_fn
+
+
+def _time_major(batch: types.Unroll) -> types.Unroll:
+  """Leaves `[B, T+1, ...]` → `[T+1, B, ...]`; the core state stays `[B, ...]`."""
+  return batch._replace(**{
+      field: jnp.swapaxes(getattr(batch, field), 0, 1)
+      for field in types.Unroll._fields if field != "core_state"})
+
+
+def _minibatch_indices(key: jax.Array, batch_size: int, num_minibatches: int):
+  """`num_minibatches` disjoint index arrays covering `[0, batch_size)` in a random order."""
+  order = jax.random.permutation(key, batch_size)
+  size = batch_size // num_minibatches
+  return [order[i * size:(i + 1) * size] for i in range(num_minibatches)]
+
+
+def make_update_fn(apply_fn: Callable[..., Any], optimizer: optax.GradientTransformation,
+                   loss_config: config_lib.LossConfig, *, num_epochs: int = 1,
+                   num_minibatches: int = 1, seed: int = 0, axis_name: str = AXIS):
+  """Builds the per-device update; run it under `jax.pmap(..., axis_name=axis_name)`.
+
+  Args:
+    apply_fn: `apply_fn(params, observation [T+1, B, ...], first [T+1, B], core_state) ->
+      (AgentOutput [T+1, B], core_state)`.
+    optimizer: an optax transformation.
+    loss_config: the objective and its coefficients.
+    num_epochs: passes over the batch.
+    num_minibatches: optimizer steps per pass, each on a disjoint random subset of whole
+      unrolls; the subsets are drawn from `seed` and the update count, so a run is repeatable.
+    axis_name: the pmap axis gradients are averaged over.
+
+  Returns:
+    `update(state, batch) -> (state, metrics)` where `batch` is an `Unroll` with leaves
+    `[B, T+1, ...]` (this device's share) and core_state leaves `[B, ...]`. Metrics are means
+    over the update's optimizer steps. An update with a non-finite loss or gradient in any
+    step is not applied (state unchanged) and reports `metrics["finite"] = 0`, so the caller
+    can stop with the last good state intact.
+  """
+  loss_fn = make_loss_fn(apply_fn, loss_config)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  base_key = jax.random.PRNGKey(seed)
+
+  def gradient_step(params, opt_state, minibatch: types.Unroll):
+    (_, metrics), grads = grad_fn(params, _time_major(minibatch))
+    grads = jax.lax.pmean(grads, axis_name)
+    if loss_config.reduction == "sum":
+      # Each device summed over its share of the batch; the paper's loss sums over all of it.
+      grads = jax.tree.map(lambda g: g * jax.lax.psum(1, axis_name), grads)
+    metrics = jax.lax.pmean(metrics, axis_name)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    finite = jnp.logical_and(jnp.isfinite(metrics["loss"]), jnp.isfinite(metrics["grad_norm"]))
+    return optax.apply_updates(params, updates), opt_state, metrics, finite
+
+  def update(state: TrainState, batch: types.Unroll) -> Tuple[TrainState, Dict[str, jax.Array]]:
+    batch_size = batch.reward.shape[0]
+    params, opt_state = state.params, state.opt_state
+    all_finite = jnp.array(True)
+    step_metrics = []
+    update_key = jax.random.fold_in(base_key, state.update_step)
+    for epoch in range(num_epochs):
+      if num_minibatches == 1:
+        minibatches = [batch]
+      else:
+        indices = _minibatch_indices(jax.random.fold_in(update_key, epoch), batch_size,
+                                     num_minibatches)
+        minibatches = [jax.tree.map(lambda x, i=i: x[i], batch) for i in indices]
+      for minibatch in minibatches:
+        params, opt_state, metrics, finite = gradient_step(params, opt_state, minibatch)
+        all_finite = jnp.logical_and(all_finite, finite)
+        step_metrics.append(metrics)
+    metrics = jax.tree.map(lambda *m: jnp.mean(jnp.stack(m)), *step_metrics)
+    new_state = TrainState(params, opt_state, state.update_step + 1)
+    new_state = jax.tree.map(lambda new, old: jnp.where(all_finite, new, old), new_state, state)
+    metrics["finite"] = all_finite.astype(jnp.float32)
+    metrics["policy_version_mean"] = jnp.mean(batch.policy_version[:, :-1].astype(jnp.float32))
+    return new_state, metrics
+
+  return update
