@@ -16,8 +16,6 @@ setuptools.setup(
         "flax>=0.12,<0.13",
         "optax>=0.2.8,<0.3",
         "chex>=0.1.92",
-        "rlax>=0.1.9",
-        "dm-env>=1.6",
         "envpool>=1.2.5,<2",
         "envpool-assets>=0.3",
         "absl-py>=2.0",
@@ -32,6 +30,10 @@ setuptools.setup(
         "cuda": ["jax[cuda12]>=0.10,<0.11"],
         # Cloud TPU VMs.
         "tpu": ["jax[tpu]>=0.10,<0.11"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "matplotlib>=3.8"],
+        # experiments/plot_metrics.py and the learning benchmark's curves.
+        "experiments": ["matplotlib>=3.8"],
+        # The tests: rlax and distrax are the independent cross-checks of the math.
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "matplotlib>=3.8", "rlax>=0.1.9",
+                "distrax>=0.1.5", "scipy>=1.10"],
     },
 )

@@ -14,8 +14,9 @@ from absl import app
 
 from impala_jax import config as config_lib
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+# Run as a script, the repository root is not on the path: add it for `experiments.common`.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 num_actor_threads, num_envs = config_lib.default_actor_layout()
 common.define_flags(dict(

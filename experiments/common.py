@@ -18,14 +18,16 @@ from impala_jax.runtime import training
 
 def define_flags(defaults: Dict[str, Any]) -> None:
   """Defines the common flags with per-script `defaults` (keyed by flag name)."""
-  d = defaults
+  _define_env_flags(defaults)
+  _define_learner_flags(defaults)
+  _define_objective_flags(defaults)
+  _define_optimizer_flags(defaults)
+  _define_run_flags(defaults)
+
+
+def _define_env_flags(d: Dict[str, Any]) -> None:
   flags.DEFINE_string("env", d["env"], "EnvPool task id, e.g. Pong-v5, CartPole-v1, "
                       "HalfCheetah-v4.")
-  flags.DEFINE_integer("total_env_steps", d["total_env_steps"],
-                       "Agent steps (not frames) for the learner to consume.")
-  flags.DEFINE_integer("seed", 0, "Seeds parameters, action sampling and environments.")
-  flags.DEFINE_string("logdir", d["logdir"], "Run directory: metrics.csv, TensorBoard events, "
-                      "checkpoints/.")
   flags.DEFINE_integer("num_envs", d["num_envs"], "Environments per actor thread.")
   flags.DEFINE_integer("env_batch_size", d.get("env_batch_size", 0),
                        "Environments per EnvPool recv(); 0 means num_envs (all of them). "
@@ -33,25 +35,48 @@ def define_flags(defaults: Dict[str, Any]) -> None:
   flags.DEFINE_integer("env_threads", 0, "EnvPool worker threads per actor; 0 lets EnvPool "
                        "decide.")
   flags.DEFINE_integer("num_actor_threads", d["num_actor_threads"], "Actor threads.")
+  flags.DEFINE_integer("max_episode_steps", 0, "Time limit per episode (truncation); 0 keeps "
+                       "the task's default.")
+  flags.DEFINE_float("inference_batch_wait_ms", 1.0, "How long the inference server waits "
+                     "for more actors' requests before running a batch.")
+
+
+def _define_learner_flags(d: Dict[str, Any]) -> None:
   flags.DEFINE_integer("unroll_length", d["unroll_length"], "T, agent steps per unroll.")
   flags.DEFINE_integer("batch_size", d["batch_size"], "Unrolls per learner update; must be "
                        "divisible by the number of local devices.")
   flags.DEFINE_integer("queue_capacity", d.get("queue_capacity", 0),
                        "Unrolls the actor→learner queue holds; 0 means batch_size (the "
                        "lowest policy lag).")
-  flags.DEFINE_enum("objective", d.get("objective", "impala"), config_lib.OBJECTIVES,
-                    "impala: the V-trace policy gradient (paper §4.2); appo: the PPO clipped "
-                    "surrogate on V-trace advantages, with epochs and minibatches.")
   flags.DEFINE_integer("num_epochs", d.get("num_epochs", 1), "Passes over each batch.")
   flags.DEFINE_integer("num_minibatches", d.get("num_minibatches", 1),
                        "Optimizer steps per pass, each on a disjoint set of whole unrolls.")
+  flags.DEFINE_enum("network", d["network"], config_lib.TORSOS, "Torso.")
+  flags.DEFINE_bool("use_lstm", False, "Add an LSTM core (state kept by the inference "
+                    "server).")
+  flags.DEFINE_list("mlp_hidden_sizes", d.get("mlp_hidden_sizes", ["64", "64"]),
+                    "Hidden layer sizes of the MLP torso.")
+
+
+def _define_objective_flags(d: Dict[str, Any]) -> None:
+  flags.DEFINE_enum("objective", d.get("objective", "impala"), config_lib.OBJECTIVES,
+                    "impala: the V-trace policy gradient (paper §4.2); appo: the PPO clipped "
+                    "surrogate on V-trace advantages, with epochs and minibatches.")
+  flags.DEFINE_float("discount", d.get("discount", 0.99), "γ.")
+  flags.DEFINE_float("entropy_cost", d.get("entropy_cost", 0.01), "Entropy bonus weight.")
+  flags.DEFINE_float("baseline_cost", d.get("baseline_cost", 0.5), "Value loss weight.")
+  flags.DEFINE_enum("loss_reduction", d.get("loss_reduction", "sum"), config_lib.REDUCTIONS,
+                    "Sum over time and batch (the paper) or mean over transitions.")
+  flags.DEFINE_float("vtrace_lambda", 1.0, "V-trace's λ (c_i = λ min(c̄, π/μ)).")
   flags.DEFINE_float("clip_epsilon", 0.2, "APPO: ε of the clip range [1 − ε, 1 + ε] of π/μ.")
   flags.DEFINE_bool("normalize_advantages", True, "APPO: standardise each minibatch's "
                     "advantages.")
-  flags.DEFINE_float("vtrace_lambda", 1.0, "V-trace's λ (c_i = λ min(c̄, π/μ)).")
-  flags.DEFINE_float("learning_rate", d["learning_rate"], "Initial learning rate.")
+
+
+def _define_optimizer_flags(d: Dict[str, Any]) -> None:
   flags.DEFINE_enum("optimizer", d.get("optimizer", "rmsprop"), config_lib.OPTIMIZERS,
                     "Optimizer (the paper uses RMSProp).")
+  flags.DEFINE_float("learning_rate", d["learning_rate"], "Initial learning rate.")
   flags.DEFINE_float("rmsprop_epsilon", 0.01, "RMSProp's ε (the paper's 0.01).")
   flags.DEFINE_bool("rmsprop_eps_in_sqrt", False, "RMSProp divides by √(ms + ε) "
                     "(TensorFlow's, the paper's) instead of √ms + ε (PyTorch's, torchbeast's "
@@ -62,26 +87,20 @@ def define_flags(defaults: Dict[str, Any]) -> None:
                        "training budget the schedule is written for, not this run's length; "
                        "the paper's 200M frames by default).")
   flags.DEFINE_float("max_grad_norm", 40.0, "Global gradient norm clip; <= 0 disables.")
-  flags.DEFINE_float("discount", d.get("discount", 0.99), "γ.")
-  flags.DEFINE_float("entropy_cost", d.get("entropy_cost", 0.01), "Entropy bonus weight.")
-  flags.DEFINE_float("baseline_cost", d.get("baseline_cost", 0.5), "Value loss weight.")
-  flags.DEFINE_enum("loss_reduction", d.get("loss_reduction", "sum"), config_lib.REDUCTIONS,
-                    "Sum over time and batch (the paper) or mean over transitions.")
-  flags.DEFINE_enum("network", d["network"], config_lib.TORSOS, "Torso.")
-  flags.DEFINE_bool("use_lstm", False, "Add an LSTM core (state kept by the inference "
-                    "server).")
-  flags.DEFINE_list("mlp_hidden_sizes", d.get("mlp_hidden_sizes", ["64", "64"]),
-                    "Hidden layer sizes of the MLP torso.")
+
+
+def _define_run_flags(d: Dict[str, Any]) -> None:
+  flags.DEFINE_integer("total_env_steps", d["total_env_steps"],
+                       "Agent steps (not frames) for the learner to consume.")
+  flags.DEFINE_integer("seed", 0, "Seeds parameters, action sampling and environments.")
+  flags.DEFINE_string("logdir", d["logdir"], "Run directory: metrics.csv, TensorBoard events, "
+                      "checkpoints/.")
   flags.DEFINE_bool("resume", False, "Continue from the latest checkpoint in --logdir.")
   flags.DEFINE_float("checkpoint_interval_minutes", 10.0, "Minutes between checkpoints "
                      "(one is always written at exit).")
   flags.DEFINE_float("log_interval_seconds", d.get("log_interval_seconds", 10.0),
                      "Seconds between metric rows.")
-  flags.DEFINE_float("inference_batch_wait_ms", 1.0, "How long the inference server waits "
-                     "for more actors' requests before running a batch.")
   flags.DEFINE_bool("progress", True, "Show a progress bar.")
-  flags.DEFINE_integer("max_episode_steps", 0, "Time limit per episode (truncation); 0 keeps "
-                       "the task's default.")
 
 
 def config_from_flags() -> config_lib.TrainConfig:

@@ -11,8 +11,9 @@ import sys
 
 from absl import app
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+# Run as a script, the repository root is not on the path: add it for `experiments.common`.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 common.define_flags(dict(
     env="CartPole-v1",

@@ -130,6 +130,13 @@ class LossConfig:
              f"clip_epsilon must be in (0, 1), got {self.clip_epsilon}.")
 
 
+# Environments per actor thread: EnvPool's throughput per Python step grows with the pool, and
+# 32 per thread was the fastest of the layouts measured (docs/performance.md).
+_ENVS_PER_ACTOR_THREAD = 32
+# Beyond this many threads one learner on a CPU-only host can no longer keep up.
+_MAX_ACTOR_THREADS = 8
+
+
 def default_actor_layout(cores: Optional[int] = None) -> Tuple[int, int]:
   """(num_actor_threads, num_envs per thread) for the host's core count.
 
@@ -140,7 +147,7 @@ def default_actor_layout(cores: Optional[int] = None) -> Tuple[int, int]:
   longer keep up on a CPU-only host; XLA's own flags made no measurable difference.
   """
   cores = cores or os.cpu_count() or 1
-  return max(1, min(cores, 8)), 32
+  return max(1, min(cores, _MAX_ACTOR_THREADS)), _ENVS_PER_ACTOR_THREAD
 
 
 @dataclasses.dataclass(frozen=True)

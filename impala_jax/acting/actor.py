@@ -62,7 +62,7 @@ class Actor(worker.Worker):
     self._unroll_length = unroll_length
     self._on_episode = on_episode or (lambda stats: None)
     self._env_id_offset = actor_id * env_config.num_envs
-    super().__init__(name=f"actor-{actor_id}")
+    super().__init__(name=f"actor-{actor_id}", description=f"Actor thread actor-{actor_id}")
     self.env_steps = 0  # Read by other threads for throughput; ints are swapped atomically.
     # Seconds this thread spent in each phase (read by the runtime for "where the time goes").
     self.seconds = {"env": 0.0, "inference": 0.0, "bookkeeping": 0.0, "queue": 0.0}

@@ -103,10 +103,11 @@ class InferenceServer(worker.Worker):
                batch_sizes: Sequence[int],
                seed: int,
                batch_wait_ms: float = 1.0,
-               expected_requests: Optional[int] = None):
+               expected_requests: Optional[int] = None,
+               initial_version: int = 0):
     """Args:
       apply_fn: the network's apply, see `make_policy_step`.
-      params: initial parameters (version 0).
+      params: initial parameters.
       initial_core_state: one environment's zero core state, leaves `[1, ...]`, or ().
       num_envs: total environments over all actors; their ids are 0..num_envs-1.
       batch_sizes: the sizes a policy call may have; a batch is padded up to the smallest that
@@ -116,9 +117,10 @@ class InferenceServer(worker.Worker):
       batch_wait_ms: after the first request, wait this long for more before running.
       expected_requests: stop waiting as soon as this many requests are in (e.g. the number of
         actor threads: each has at most one request outstanding).
+      initial_version: the version of `params` (the learner's update count on resume).
     """
     self._step = make_policy_step(apply_fn, initial_core_state)
-    self._params_and_version: Tuple[Any, int] = (params, 0)
+    self._params_and_version: Tuple[Any, int] = (params, initial_version)
     self._num_envs = num_envs
     self._batch_sizes = sorted(set(int(b) for b in batch_sizes))
     self._max_batch_size = self._batch_sizes[-1]
@@ -129,7 +131,7 @@ class InferenceServer(worker.Worker):
     self._state_table = jax.tree.map(
         lambda s: jnp.zeros((num_envs + 1,) + s.shape[1:], s.dtype), initial_core_state)
     self._requests: "queue.Queue[_Request]" = queue.Queue()
-    super().__init__(name="inference-server")
+    super().__init__(name="inference-server", description="The inference server")
     self._stats_lock = threading.Lock()
     self._batches = 0
     self._batched_envs = 0

@@ -25,7 +25,7 @@ import optax
 
 from impala_jax import config as config_lib
 from impala_jax import types
-from impala_jax.rl import losses
+from impala_jax.rl import objectives
 
 AXIS = "devices"
 
@@ -76,7 +76,7 @@ def _objective_kwargs(loss_config: config_lib.LossConfig) -> Dict[str, Any]:
   return kwargs
 
 
-_OBJECTIVES = {"impala": losses.impala_loss, "appo": losses.appo_loss}
+_OBJECTIVES = {"impala": objectives.impala_loss, "appo": objectives.appo_loss}
 
 
 def make_loss_fn(apply_fn: Callable[..., Any], loss_config: config_lib.LossConfig):

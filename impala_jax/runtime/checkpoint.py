@@ -8,8 +8,10 @@ half-written checkpoint behind; older checkpoints are pruned to `max_to_keep`.
 """
 
 import os
+import time
 from typing import Any, Dict, Optional, Tuple
 
+from absl import logging
 import jax
 import orbax.checkpoint as ocp
 
@@ -59,3 +61,37 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+class CheckpointSchedule:
+  """When to save: every `interval_minutes`, and once more at the end of a run.
+
+  Args:
+    checkpointer: where checkpoints go.
+    learner: anything with `update_step` and `state()` (the un-replicated `TrainState`).
+    interval_minutes: minutes between saves.
+    metadata: JSON-able run description saved with every checkpoint (seed, config).
+  """
+
+  def __init__(self, checkpointer: Checkpointer, learner: Any, interval_minutes: float,
+               metadata: Dict[str, Any]):
+    self._checkpointer = checkpointer
+    self._learner = learner
+    self._interval_seconds = 60.0 * interval_minutes
+    self._metadata = dict(metadata)
+    self._last_save = time.monotonic()
+
+  def maybe_save(self, env_steps: int) -> None:
+    if time.monotonic() - self._last_save >= self._interval_seconds:
+      self.save(env_steps)
+
+  def save(self, env_steps: int) -> None:
+    """Saves now (nothing before the first update: there is nothing new to keep)."""
+    self._last_save = time.monotonic()
+    step = self._learner.update_step
+    if step == 0:
+      return
+    self._checkpointer.save(step, self._learner.state(),
+                            {**self._metadata, "env_steps": env_steps, "update_step": step})
+    logging.info("Checkpoint at update %d (%d env steps) in %s.", step, env_steps,
+                 self._checkpointer.directory)

@@ -2,20 +2,32 @@
 
 A `Worker` owns exactly one daemon thread: `start()` launches it, `close()` asks it to stop
 (`self._stop` is set; the loop must re-check it at least every ~0.1 s) and joins it. An
-exception that ends the thread is kept in `error` for the owner to re-raise in its own thread.
+exception that ends the thread is kept in `error` for the owner to re-raise in its own thread
+(`raise_if_failed`).
 """
 
 import threading
-from typing import Optional
+from typing import Iterable, Optional
+
+from absl import logging
+
+# How long `close()` waits for the thread. A loop that re-checks `_stop` every 0.1 s ends in
+# well under a second; one that does not is a bug, reported rather than waited on forever.
+JOIN_TIMEOUT_SECONDS = 30.0
 
 
 class Worker:
   """Base class: subclasses implement `_run()`, a loop that returns once `_stop` is set."""
 
-  def __init__(self, name: str):
+  def __init__(self, name: str, description: Optional[str] = None):
+    """Args:
+      name: the thread's name.
+      description: how errors name this thread, e.g. "Actor thread actor-0".
+    """
     self._stop = threading.Event()
     self._error: Optional[BaseException] = None
     self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+    self.description = description or f"Thread {name}"
 
   def _run(self) -> None:
     raise NotImplementedError
@@ -41,7 +53,10 @@ class Worker:
   def close(self) -> None:
     self._stop.set()
     if self._thread.is_alive():
-      self._thread.join()
+      self._thread.join(JOIN_TIMEOUT_SECONDS)
+      if self._thread.is_alive():
+        logging.error("%s did not stop within %.0f s; leaving it (a daemon thread) behind.",
+                      self.description, JOIN_TIMEOUT_SECONDS)
 
   def __enter__(self):
     return self.start()
@@ -59,3 +74,21 @@ class Worker:
   @property
   def name(self) -> str:
     return self._thread.name
+
+
+def raise_if_failed(workers: Iterable[Worker]) -> None:
+  """Raises RuntimeError naming the first worker that failed or stopped on its own."""
+  for w in workers:
+    if w.error is not None:
+      raise RuntimeError(f"{w.description} died: {w.error!r}") from w.error
+    if not w.is_alive():
+      raise RuntimeError(f"{w.description} stopped unexpectedly.")
+
+
+def close_all(workers: Iterable[Worker]) -> None:
+  """Tells every worker to stop, then joins each: they wind down together, not one by one."""
+  workers = list(workers)
+  for w in workers:
+    w.request_stop()
+  for w in workers:
+    w.close()

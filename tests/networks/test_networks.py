@@ -96,7 +96,7 @@ def test_deep_forward_pass_is_finite_and_bounded():
   """A real forward pass on uint8 frames: finite, and init keeps values at a sane scale.
 
   No LSTM here, so the heads see the ResNet's features directly (with ReLU-gain init they
-  reached RMS ~27 on random frames; see networks._RESNET_INIT). The shallow net's numbers are
+  reached RMS ~27 on random frames; see networks.initializers.RESNET_INIT). The shallow net's numbers are
   checked in test_unroll_equals_stepping.
   """
   network = networks.ImpalaNetwork(torso="deep", num_actions=NUM_ACTIONS)
@@ -174,7 +174,7 @@ def test_deep_parameter_count():
   network = networks.ImpalaNetwork(torso="deep", num_actions=NUM_ACTIONS)
   assert _count(_abstract_params(network, IMAGE_SHAPE, jnp.uint8)) == expected
 
-  # REFERENCE.md's "about 1.6M" is the DMLab agent, which adds an LSTM 256 core: four gates,
+  # The often-quoted "about 1.6M" is the DMLab agent, which adds an LSTM 256 core: four gates,
   # each with input (256×256), recurrent (256×256) weights and one bias (256): 525,312 more,
   # 1,616,343 in all (DMLab also feeds last action and reward into the LSTM; we don't here).
   lstm = 4 * (256 * 256 + 256 * 256 + 256)

@@ -1,4 +1,4 @@
-"""Tests for impala_jax.losses.
+"""Tests for impala_jax.rl.losses (the terms) and impala_jax.rl.objectives (IMPALA, APPO).
 
 Arrays are time-major `[T, B, ...]`; expected values are worked out by hand from the paper's
 formulas (§4.1, §4.2) in the comments next to them.
@@ -14,6 +14,7 @@ import pytest
 
 from impala_jax.rl import distributions
 from impala_jax.rl import losses
+from impala_jax.rl import objectives
 
 METRIC_KEYS = {"loss", "policy_loss", "baseline_loss", "entropy_loss", "entropy", "rho_mean",
                "rho_clipped_fraction", "value_mean", "vs_mean", "pg_advantage_mean"}
@@ -44,7 +45,7 @@ def _loss(inputs, **kwargs):
     policy = distributions.Categorical(inputs.pop("logits"))
   else:
     policy = distributions.DiagGaussian(inputs.pop("mean"), inputs.pop("log_std"))
-  return losses.impala_loss(policy, **inputs, **kwargs)
+  return objectives.impala_loss(policy, **inputs, **kwargs)
 
 
 def _grads(inputs, **kwargs):
@@ -343,7 +344,7 @@ def test_rho_clipped_fraction(threshold, expected_fraction):
 def _appo(inputs, **kwargs):
   inputs = dict(inputs)
   policy = distributions.Categorical(inputs.pop("logits"))
-  return losses.appo_loss(policy, **inputs, **kwargs)
+  return objectives.appo_loss(policy, **inputs, **kwargs)
 
 
 def _appo_grads(inputs, **kwargs):

@@ -1,7 +1,7 @@
-"""Tests for impala_jax.vtrace.
+"""Tests for impala_jax.rl.vtrace.
 
-Every array is time-major `[T, B]` with T != B, and every slice names the axis it cuts (the rlax
-caution in STYLE.md: a test that slices the batch axis where it meant time checks nothing).
+Every array is time-major `[T, B]` with T != B, and every slice names the axis it cuts (a test
+that slices the batch axis where it meant time checks nothing; one of rlax's own tests does).
 """
 
 import functools
@@ -354,11 +354,14 @@ def test_gaussian_log_rhos():
   np.testing.assert_allclose(log_rhos, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_log_rhos_from_log_probs():
-  target = jnp.array([[-0.1, -2.0], [-1.0, -0.5], [-3.0, -0.2]])  # [T=3, B=2]
-  behaviour = jnp.array([[-0.2, -1.0], [-1.0, -0.1], [-0.5, -0.3]])
-  np.testing.assert_allclose(vtrace.log_rhos_from_log_probs(target, behaviour),
-                             np.asarray(target) - np.asarray(behaviour))
-  with pytest.raises(AssertionError):
-    vtrace.log_rhos_from_log_probs(target, behaviour.T)  # [B, T] against [T, B].
-  chex.assert_shape(vtrace.log_rhos_from_log_probs(target, behaviour), (3, 2))
+def test_log_rhos_from_log_probs_are_log_probability_ratios():
+  """exp(log ρ) is π(a|x) / μ(a|x) divided in probability space, and on-policy ρ = 1."""
+  target_probs = np.array([[0.9, 0.1], [0.5, 0.25], [0.05, 0.8]])  # [T=3, B=2]
+  behaviour_probs = np.array([[0.3, 0.4], [0.5, 0.5], [0.5, 0.2]])
+  log_rhos = vtrace.log_rhos_from_log_probs(jnp.log(target_probs), jnp.log(behaviour_probs))
+  np.testing.assert_allclose(np.exp(log_rhos), target_probs / behaviour_probs, rtol=1e-5)
+  np.testing.assert_array_equal(
+      vtrace.log_rhos_from_log_probs(jnp.log(target_probs), jnp.log(target_probs)),
+      np.zeros((3, 2)))
+  with pytest.raises(AssertionError):  # [B, T] against [T, B].
+    vtrace.log_rhos_from_log_probs(jnp.log(target_probs), jnp.log(behaviour_probs).T)

@@ -220,9 +220,16 @@ def test_continuous_and_recurrent_agents_run_end_to_end(tmp_path, env_id, networ
 
 
 def test_default_actor_layout_follows_the_core_count():
-  assert config_lib.default_actor_layout(1) == (1, 32)
-  assert config_lib.default_actor_layout(2) == (2, 32)
-  assert config_lib.default_actor_layout(64) == (8, 32)
+  layouts = {cores: config_lib.default_actor_layout(cores) for cores in range(1, 129)}
+  threads = [layouts[c][0] for c in sorted(layouts)]
+  # At least one thread, never more threads than cores, more cores never fewer threads ...
+  assert all(1 <= t <= c for c, t in zip(sorted(layouts), threads))
+  assert threads == sorted(threads)
+  # ... one per core on small hosts, and a bounded number on big ones.
+  assert layouts[1][0] == 1 and layouts[2][0] == 2
+  assert threads[-1] == threads[-20] < 128
+  assert all(envs >= 1 and envs == layouts[1][1] for _, envs in layouts.values())
+  assert config_lib.default_actor_layout() == layouts.get(os.cpu_count(), layouts[128])
 
 
 @pytest.mark.slow

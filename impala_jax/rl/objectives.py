@@ -1,0 +1,216 @@
+"""The IMPALA and APPO objectives, composed from the pieces in `rl.losses`.
+
+  impala_loss = policy_gradient + baseline_cost · baseline + entropy_cost · entropy  (paper §4.2)
+  appo_loss   = clipped_surrogate + baseline_cost · baseline + entropy_cost · entropy
+
+both on V-trace targets and advantages (`losses.vtrace_targets`, paper §4.1).
+
+APPO follows Sample Factory's definition (Petrenko et al. 2020, "Sample Factory", §3.3 and its
+`learner.py`): the ratio is taken against the behaviour policy μ that acted, the advantages are
+V-trace's (recomputed from the current parameters on every minibatch, ρ̄_pg-clipped as in
+Sample Factory and RLlib) and standardised per minibatch, and several epochs of minibatches
+pass over each batch (`learning.update`). Unlike Sample Factory there is no value clipping: the
+actors do not record V(x) (SEED-style inference returns only actions), and Andrychowicz et al.
+2021 ("What matters in on-policy RL", §3.3) found value clipping no better than none.
+
+Masking EnvPool's autoreset steps. When x_s ends an episode (terminated or truncated), EnvPool
+ignores a_s and resets, so step s is not a transition: mask_s = 0. We set log ρ_s = −inf, so
+ρ_s = c_s = ρ^pg_s = 0 exactly, and V-trace's backward recursion gives
+
+  v_s − V(x_s) = δ_s + γ_s c_s (v_{s+1} − V(x_{s+1})) = 0 + 0:  v_s = V(x_s) exactly,
+
+whatever r_s, γ_s, a_s, μ(a_s|x_s) or anything in the next episode hold. One step earlier,
+v_{s−1} − V(x_{s−1}) = δ_{s−1} = ρ_{s−1} (r_{s−1} + γ_{s−1} V(x_s) − V(x_{s−1})): the last real
+step bootstraps from V(x_s), which is right for a truncated end (γ_{s−1} = γ) and harmless for a
+terminal one (γ_{s−1} = 0). The same holds for A_{s−1}, which uses v_s = V(x_s). So the cut is
+exact, not an approximation, and nothing of the next episode leaks into the targets. The
+per-step terms at s are then dropped from every sum by the mask.
+"""
+
+import math
+from typing import Dict, Optional, Tuple
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from impala_jax.rl import distributions
+from impala_jax.rl import losses
+
+Array = chex.Array
+REDUCTIONS = losses.REDUCTIONS
+
+
+def _check_inputs(policy, values, bootstrap_value, actions, behaviour_log_probs, rewards,
+                  discounts, mask) -> None:
+  chex.assert_rank([values, bootstrap_value, behaviour_log_probs, rewards, discounts, mask],
+                   [2, 1, 2, 2, 2, 2])
+  chex.assert_type([values, bootstrap_value, behaviour_log_probs, rewards, discounts, mask],
+                   float)
+  chex.assert_equal_shape([values, behaviour_log_probs, rewards, discounts, mask])
+  if isinstance(policy, distributions.Categorical):
+    chex.assert_rank(actions, 2)
+    chex.assert_type(actions, int)
+  else:
+    chex.assert_rank(actions, 3)
+    chex.assert_type(actions, float)
+  chex.assert_equal_shape_prefix([actions, values], 2)
+
+
+def _rho_clipped_fraction(log_rhos: Array, mask: Array,
+                          clip_rho_threshold: Optional[float]) -> Array:
+  """Fraction of real steps whose π/μ exceeds ρ̄, compared in log space (no overflow)."""
+  if clip_rho_threshold is None:
+    return jnp.zeros((), log_rhos.dtype)
+  log_threshold = math.log(clip_rho_threshold) if clip_rho_threshold > 0 else -math.inf
+  return losses.masked_mean((log_rhos > log_threshold).astype(log_rhos.dtype), mask)
+
+
+def _loss_and_metrics(policy_loss, baseline, entropy_term, *, baseline_cost, entropy_cost,
+                      entropy, values, targets, log_rhos, mask, clip_rho_threshold,
+                      extra=None):
+  baseline_term = baseline_cost * baseline
+  entropy_term = entropy_cost * entropy_term
+  loss = policy_loss + baseline_term + entropy_term
+  mean = lambda x: jax.lax.stop_gradient(losses.masked_mean(x, mask))
+  metrics = {
+      "loss": loss,
+      "policy_loss": policy_loss,
+      "baseline_loss": baseline_term,
+      "entropy_loss": entropy_term,
+      "entropy": mean(entropy),
+      "rho_mean": mean(jnp.exp(log_rhos)),
+      "rho_clipped_fraction": _rho_clipped_fraction(log_rhos, mask, clip_rho_threshold),
+      "value_mean": mean(values),
+      "vs_mean": mean(targets.vs),
+      "pg_advantage_mean": mean(targets.pg_advantages),
+  }
+  metrics.update(extra or {})
+  metrics = {k: jax.lax.stop_gradient(v) for k, v in metrics.items()}
+  return loss, metrics
+
+
+def impala_loss(
+    policy: distributions.Distribution,
+    values: Array,
+    bootstrap_value: Array,
+    actions: Array,
+    behaviour_log_probs: Array,
+    rewards: Array,
+    discounts: Array,
+    mask: Array,
+    *,
+    baseline_cost: float = 0.5,
+    entropy_cost: float = 0.01,
+    clip_rho_threshold: Optional[float] = 1.0,
+    clip_c_threshold: Optional[float] = 1.0,
+    clip_pg_rho_threshold: Optional[float] = 1.0,
+    lambda_: float = 1.0,
+    reduction: str = "sum",
+) -> Tuple[Array, Dict[str, Array]]:
+  """The IMPALA loss (paper §4.2) on a time-major batch of unrolls.
+
+  Args:
+    policy: π(·|x_t) for t = 0..T-1, a `Categorical` (logits `[T, B, A]`) or `DiagGaussian`
+      (mean, log_std `[T, B, D]`), from the learner's parameters.
+    values: `[T, B]` V(x_t) from the learner's parameters.
+    bootstrap_value: `[B]` V(x_T).
+    actions: `[T, B]` int (Categorical) or `[T, B, D]` float (DiagGaussian) actions a_t.
+    behaviour_log_probs: `[T, B]` log μ(a_t|x_t), recorded by the actor.
+    rewards: `[T, B]` r_t.
+    discounts: `[T, B]` γ_t, the discount after step t: 0 where x_{t+1} is terminal, γ where it
+      was only truncated (see `impala_jax.rl.vtrace`).
+    mask: `[T, B]` float, 1 for a real transition, 0 for an autoreset step whose action the
+      environment ignored. Must be 0 or 1; masked steps contribute nothing and cut the trace
+      (module docstring).
+    baseline_cost: weight of the baseline loss.
+    entropy_cost: weight of the entropy bonus.
+    clip_rho_threshold, clip_c_threshold, clip_pg_rho_threshold, lambda_: V-trace's ρ̄, c̄,
+      ρ̄_pg and λ (None: no clipping).
+    reduction: "sum" over time and batch (the paper), or "mean" over real steps (each sum
+      divided by max(Σ mask, 1)).
+
+  Returns:
+    (loss, metrics): the scalar loss to minimise and a dict of scalar metrics: loss,
+    policy_loss, baseline_loss, entropy_loss, entropy, rho_mean (unclipped π/μ),
+    rho_clipped_fraction (π/μ > ρ̄), value_mean, vs_mean, pg_advantage_mean; all means are
+    over real steps.
+
+  Raises:
+    ValueError: for an unknown `reduction`.
+  """
+  losses.check_reduction(reduction)
+  _check_inputs(policy, values, bootstrap_value, actions, behaviour_log_probs, rewards,
+                discounts, mask)
+  log_probs = policy.log_prob(actions)  # [T, B], carries the policy gradient.
+  targets, log_rhos = losses.vtrace_targets(
+      log_probs, behaviour_log_probs, values, bootstrap_value, rewards, discounts, mask,
+      clip_rho_threshold=clip_rho_threshold, clip_c_threshold=clip_c_threshold,
+      clip_pg_rho_threshold=clip_pg_rho_threshold, lambda_=lambda_)
+  entropy = policy.entropy()  # [T, B]
+  return _loss_and_metrics(
+      losses.policy_gradient_loss(log_probs, targets.pg_advantages, mask, reduction),
+      losses.baseline_loss(values, targets.vs, mask, reduction),
+      losses.entropy_loss(entropy, mask, reduction),
+      baseline_cost=baseline_cost, entropy_cost=entropy_cost, entropy=entropy, values=values,
+      targets=targets, log_rhos=log_rhos, mask=mask, clip_rho_threshold=clip_rho_threshold)
+
+
+def appo_loss(
+    policy: distributions.Distribution,
+    values: Array,
+    bootstrap_value: Array,
+    actions: Array,
+    behaviour_log_probs: Array,
+    rewards: Array,
+    discounts: Array,
+    mask: Array,
+    *,
+    clip_epsilon: float = 0.2,
+    normalize_advantages: bool = True,
+    baseline_cost: float = 0.5,
+    entropy_cost: float = 0.01,
+    clip_rho_threshold: Optional[float] = 1.0,
+    clip_c_threshold: Optional[float] = 1.0,
+    clip_pg_rho_threshold: Optional[float] = 1.0,
+    lambda_: float = 1.0,
+    reduction: str = "sum",
+) -> Tuple[Array, Dict[str, Array]]:
+  """APPO: the PPO clipped surrogate on V-trace advantages (module docstring).
+
+  Arguments as `impala_loss`, plus:
+    clip_epsilon: ε of the clip range [1 − ε, 1 + ε] of r = π/μ.
+    normalize_advantages: standardise the advantages over this batch's real steps.
+
+  Returns:
+    (loss, metrics): `impala_loss`'s metrics plus `clip_fraction` (real steps whose ratio
+    lies outside the clip range) and `approx_kl` (mean of (r − 1) − log r, an estimate of
+    KL(μ‖π) ≥ 0).
+  """
+  losses.check_reduction(reduction)
+  _check_inputs(policy, values, bootstrap_value, actions, behaviour_log_probs, rewards,
+                discounts, mask)
+  log_probs = policy.log_prob(actions)
+  targets, log_rhos = losses.vtrace_targets(
+      log_probs, behaviour_log_probs, values, bootstrap_value, rewards, discounts, mask,
+      clip_rho_threshold=clip_rho_threshold, clip_c_threshold=clip_c_threshold,
+      clip_pg_rho_threshold=clip_pg_rho_threshold, lambda_=lambda_)
+  advantages = targets.pg_advantages
+  if normalize_advantages:
+    advantages = losses.standardize(advantages, mask)
+  entropy = policy.entropy()
+  safe_log_rhos = jnp.where(mask > 0, log_rhos, 0.0)
+  ratio = jnp.exp(safe_log_rhos)
+  extra = {
+      "clip_fraction": losses.masked_mean(
+          (jnp.abs(ratio - 1.0) > clip_epsilon).astype(ratio.dtype), mask),
+      "approx_kl": losses.masked_mean((ratio - 1.0) - safe_log_rhos, mask),
+  }
+  return _loss_and_metrics(
+      losses.clipped_surrogate_loss(log_probs, behaviour_log_probs, advantages, mask,
+                                    clip_epsilon, reduction),
+      losses.baseline_loss(values, targets.vs, mask, reduction),
+      losses.entropy_loss(entropy, mask, reduction),
+      baseline_cost=baseline_cost, entropy_cost=entropy_cost, entropy=entropy, values=values,
+      targets=targets, log_rhos=log_rhos, mask=mask, clip_rho_threshold=clip_rho_threshold,
+      extra=extra)

@@ -1,0 +1,113 @@
+"""The learner loop, read as the algorithm: get a batch → update → publish → record → checkpoint.
+
+Everything around it is injected, so that each piece can be swapped (a Redis store instead of
+the local queue, several publishers) or faked in a test:
+
+  batches      `BatchSource.next_batch()`: a list of unrolls, or None when the run must stop
+  learner      `learning.Learner` (`step`, `params`, `update_step`)
+  publish      `publish(params, version)`: hands new parameters to whoever acts
+  telemetry    `Telemetry.record(metrics, env_steps)`: rows, progress bar, phase timings
+  checkpoints  `CheckpointSchedule.maybe_save(env_steps)` / `save(env_steps)`
+"""
+
+import queue
+import time
+from typing import Any, Callable, Iterable, List, NamedTuple, Optional, Protocol
+
+from impala_jax import types
+from impala_jax.runtime import worker
+
+_POLL_SECONDS = 0.1
+
+
+class BatchSource(Protocol):
+
+  def next_batch(self) -> Optional[List[types.Unroll]]:
+    """`batch_size` unrolls, or None when the run is asked to stop; raises if acting failed."""
+
+
+class LoopResult(NamedTuple):
+  env_steps: int
+  stop_reason: str  # "completed" | "signal"
+
+
+class UnrollQueueSource:
+  """Batches from the bounded actor→learner queue, checking the actors' health while waiting.
+
+  Args:
+    unroll_queue: where actors put single unrolls.
+    batch_size: unrolls per batch.
+    stop_requested: returns True once the run should stop (checked every poll).
+    workers: the threads that feed the queue; a dead one raises (`worker.raise_if_failed`).
+  """
+
+  def __init__(self, unroll_queue: "queue.Queue[types.Unroll]", batch_size: int,
+               stop_requested: Callable[[], bool], workers: Iterable[worker.Worker]):
+    self._queue = unroll_queue
+    self._batch_size = batch_size
+    self._stop_requested = stop_requested
+    self._workers = list(workers)
+    self.seconds = {"batch_wait": 0.0}  # Time spent waiting for unrolls ("time_*" columns).
+
+  def next_batch(self) -> Optional[List[types.Unroll]]:
+    start = time.perf_counter()
+    try:
+      unrolls = []
+      while len(unrolls) < self._batch_size:
+        if self._stop_requested():
+          return None
+        try:
+          unrolls.append(self._queue.get(timeout=_POLL_SECONDS))
+        except queue.Empty:
+          worker.raise_if_failed(self._workers)
+      return unrolls
+    finally:
+      self.seconds["batch_wait"] += time.perf_counter() - start
+
+
+class LearnerLoop:
+  """Runs updates until `total_env_steps` agent steps are consumed or the source says stop."""
+
+  def __init__(self, *, batches: BatchSource, learner: Any,
+               publish: Callable[[Any, int], None], telemetry: Any, checkpoints: Any,
+               steps_per_update: int, total_env_steps: int, env_steps: int = 0):
+    self._batches = batches
+    self._learner = learner
+    self._publish = publish
+    self._telemetry = telemetry
+    self._checkpoints = checkpoints
+    self._steps_per_update = steps_per_update
+    self._total_env_steps = total_env_steps
+    self.env_steps = env_steps
+
+  def run(self) -> LoopResult:
+    """The loop. Always writes a final checkpoint, also when an update fails."""
+    stop_reason = "completed"
+    try:
+      while self.env_steps < self._total_env_steps:
+        unrolls = self._batches.next_batch()
+        if unrolls is None:
+          stop_reason = "signal"
+          break
+        metrics = self._update(unrolls)
+        self.env_steps += self._steps_per_update
+        self._publish(self._learner.params(), self._learner.update_step)
+        self._telemetry.record(metrics, self.env_steps)
+        self._checkpoints.maybe_save(self.env_steps)
+    finally:
+      self._telemetry.flush(self.env_steps)
+      # Save what can be saved: the learner never holds a non-finite state (learning.update).
+      self._checkpoints.save(self.env_steps)
+    return LoopResult(self.env_steps, stop_reason)
+
+  def _update(self, unrolls: List[types.Unroll]):
+    version_before = self._learner.update_step
+    metrics = self._learner.step(unrolls)
+    if not metrics["finite"]:
+      raise FloatingPointError(
+          f"The loss or gradients became non-finite at update {version_before} "
+          f"(loss={metrics['loss']}, grad_norm={metrics['grad_norm']}); the update was not "
+          "applied and the last good state is saved. Try a lower --learning_rate.")
+    # The age of the data: updates between the acting parameters and this update's.
+    metrics["policy_lag"] = version_before - metrics.pop("policy_version_mean")
+    return metrics

@@ -1,0 +1,153 @@
+"""What a run reports as it goes: metric rows, the progress bar, where the time goes.
+
+`Telemetry.record(metrics, env_steps)` is called once per learner update. Every
+`log_interval_seconds` it writes one row to `metrics.csv` and TensorBoard (`runtime.metrics`):
+the means of the update metrics since the last row, the real scores of the episodes finished
+since then, throughput, gauges read from the running components (inference batch size and
+latency, queue size, RSS) and, from each component's `seconds` counters, the fraction of its
+threads' wall time spent in each phase (`time_*` columns).
+"""
+
+import collections
+import math
+import queue
+import time
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from absl import logging
+import numpy as np
+import psutil
+import tqdm
+
+from impala_jax import types
+from impala_jax.runtime import metrics as metrics_lib
+
+# A phase counter: (name prefix, the component's `seconds` dict, threads it sums over).
+PhaseSource = Tuple[str, Callable[[], Mapping[str, float]], int]
+
+
+class _Window:
+  """Sums of per-update metrics between two rows."""
+
+  def __init__(self, start_steps: int):
+    self.start = time.monotonic()
+    self.start_steps = start_steps
+    self.updates = 0
+    self.sums: Dict[str, float] = collections.defaultdict(float)
+
+  def add(self, metrics: Mapping[str, float]) -> None:
+    self.updates += 1
+    for k, v in metrics.items():
+      self.sums[k] += v
+
+  def means(self) -> Dict[str, float]:
+    return {k: v / self.updates for k, v in self.sums.items()}
+
+
+class PhaseTimer:
+  """Fractions of wall time per phase since the previous call, from cumulative counters."""
+
+  def __init__(self, sources: Sequence[PhaseSource]):
+    self._sources = list(sources)
+    self._last = self._totals()
+
+  def _totals(self) -> Dict[str, Tuple[float, int]]:
+    totals: Dict[str, Tuple[float, int]] = {}
+    for prefix, seconds, threads in self._sources:
+      for k, v in seconds().items():
+        name = f"{prefix}_{k}"
+        total, _ = totals.get(name, (0.0, 0))
+        totals[name] = (total + v, threads)
+    return totals
+
+  def fractions(self, elapsed: float) -> Dict[str, float]:
+    now = self._totals()
+    fractions = {
+        f"time_{k}": (v - self._last.get(k, (0.0, 0))[0]) / (elapsed * max(threads, 1))
+        for k, (v, threads) in now.items()}
+    self._last = now
+    return fractions
+
+
+def drain(episodes: "queue.SimpleQueue[types.EpisodeStats]") -> List[types.EpisodeStats]:
+  finished = []
+  while True:
+    try:
+      finished.append(episodes.get_nowait())
+    except queue.Empty:
+      return finished
+
+
+class Telemetry:
+  """Rows every `log_interval_seconds`, a tqdm bar (or one log line per row), episode scores."""
+
+  def __init__(self, writer: metrics_lib.MetricsWriter, *,
+               episodes: "queue.SimpleQueue[types.EpisodeStats]",
+               phases: PhaseTimer,
+               gauges: Callable[[], Dict[str, float]],
+               log_interval_seconds: float, total_env_steps: int, env_steps: int,
+               start_time: float, show_progress: bool):
+    """Args:
+      writer: where rows go.
+      episodes: finished episodes, put there by the actors.
+      phases: the components' phase counters.
+      gauges: current readings of the components (called once per row).
+      log_interval_seconds: seconds between rows.
+      total_env_steps, env_steps: the bar's end and start.
+      start_time: `time.monotonic()` when the run began (`wall_seconds` counts from it).
+      show_progress: a tqdm bar on the terminal; False logs one line per row instead.
+    """
+    self._writer = writer
+    self._episodes = episodes
+    self._phases = phases
+    self._gauges = gauges
+    self._interval = log_interval_seconds
+    self._start_time = start_time
+    self._show_progress = show_progress
+    self._window = _Window(env_steps)
+    self._bar = tqdm.tqdm(total=total_env_steps, initial=env_steps, unit="step",
+                          disable=not show_progress, dynamic_ncols=True, smoothing=0.1)
+    self._last_env_steps = env_steps
+    self.episode_returns: List[float] = []  # Real scores of this session's episodes, in order.
+
+  def record(self, metrics: Mapping[str, float], env_steps: int) -> None:
+    self._window.add(metrics)
+    self._bar.update(env_steps - self._last_env_steps)
+    self._last_env_steps = env_steps
+    if time.monotonic() - self._window.start >= self._interval:
+      self._write_row(env_steps)
+
+  def flush(self, env_steps: int) -> None:
+    """The last row (if any update since the previous one), then closes the bar."""
+    if self._window.updates:
+      self._write_row(env_steps)
+    self._bar.close()
+
+  def _write_row(self, env_steps: int) -> None:
+    window = self._window
+    self._window = _Window(env_steps)
+    finished = drain(self._episodes)
+    self.episode_returns.extend(e.episode_return for e in finished)
+    now = time.monotonic()
+    elapsed = max(now - window.start, 1e-9)
+    row: Dict[str, Optional[float]] = window.means()
+    row.update(
+        env_steps=env_steps,
+        wall_seconds=now - self._start_time,
+        episode_return=(float(np.mean([e.episode_return for e in finished]))
+                        if finished else None),
+        episode_length=(float(np.mean([e.episode_length for e in finished]))
+                        if finished else None),
+        episodes=len(finished),
+        steps_per_second=(env_steps - window.start_steps) / elapsed,
+        rss_mb=psutil.Process().memory_info().rss / 2**20)
+    row.update(self._gauges())
+    row.update(self._phases.fractions(elapsed))
+    self._writer.write(row)
+    summary = (f"return={row['episode_return'] or math.nan:.2f} "
+               f"sps={row['steps_per_second']:.0f} loss={row.get('loss', math.nan):.3f} "
+               f"lag={row.get('policy_lag', math.nan):.2f}")
+    if self._show_progress:
+      self._bar.set_postfix_str(summary)
+    else:  # One line per row; with a bar, its postfix says the same without breaking it up.
+      logging.info("steps=%d %s", env_steps, summary)
