@@ -1,9 +1,8 @@
-"""Keeps benchmarks/throughput.py from rotting: its arithmetic, and a tiny run end to end.
+"""Keeps benchmarks/ from rotting: its arithmetic, its report, and a tiny run end to end.
 
 Not a timed test: the tiny run only checks that every measurement runs and reports sane numbers.
 """
 
-import importlib.util
 import json
 import math
 import os
@@ -12,19 +11,12 @@ import sys
 
 import pytest
 
+from benchmarks import end_to_end
+from benchmarks import memory
+from benchmarks import report
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(REPO, "benchmarks", "throughput.py")
-
-
-def _load_throughput():
-  # By path: benchmarks/ is a scripts folder, not an installed package.
-  spec = importlib.util.spec_from_file_location("throughput", SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-throughput = _load_throughput()
 
 
 def _row(wall_seconds, env_steps, rss_mb, actor_env, policy_lag=1.0):
@@ -37,8 +29,8 @@ def test_summary_measures_after_warmup_and_weights_intervals():
   rows = [_row(1.0, 0, 100.0, 0.9), _row(2.0, 100, 110.0, 0.9), _row(3.0, 300, 120.0, 0.9),
           # Interval lengths 1 s and 3 s after the span's first row (wall 3.0).
           _row(4.0, 500, 130.0, 0.2), _row(7.0, 1100, 150.0, 0.6)]
-  summary = throughput.summarize_metrics(rows, warmup_seconds=2.5, memory_from_seconds=2.0,
-                                         frames_per_env_step=4)
+  summary = end_to_end.summarize_metrics(rows, warmup_seconds=2.5, memory_from_seconds=2.0,
+                                          frames_per_env_step=4)
   assert summary["env_steps_per_second"] == pytest.approx((1100 - 300) / (7.0 - 3.0))
   assert summary["frames_per_second"] == pytest.approx(4 * 200.0)
   assert summary["measured_from_seconds"] == 3.0
@@ -55,22 +47,118 @@ def test_summary_measures_after_warmup_and_weights_intervals():
 def test_rss_saw_tooth_is_not_reported_as_growth():
   # Allocation and release of batches: RSS alternates between 800 and 1,000 MB every row.
   rows = [_row(float(t), 100 * t, 800.0 if t % 2 else 1000.0, 0.5) for t in range(0, 400)]
-  summary = throughput.summarize_metrics(rows, warmup_seconds=10.0, memory_from_seconds=120.0)
+  summary = end_to_end.summarize_metrics(rows, warmup_seconds=10.0, memory_from_seconds=120.0)
   assert abs(summary["memory"]["growth_percent"]) < 1.0
   assert abs(summary["memory"]["peak_growth_percent"]) < 1.0
   # A real leak still shows.
   leaking = [dict(r, rss_mb=r["rss_mb"] + t) for t, r in enumerate(rows)]
-  summary = throughput.summarize_metrics(leaking, warmup_seconds=10.0, memory_from_seconds=120.0)
+  summary = end_to_end.summarize_metrics(leaking, warmup_seconds=10.0, memory_from_seconds=120.0)
   assert summary["memory"]["growth_percent"] > 20.0
+  # The e2e summary's memory entry is memory.py's, from the first row at minute 2.
+  assert summary["memory"] == memory.summarize_rss(leaking, first=120)
 
 
 def test_summary_of_a_run_too_short_for_its_warmup_warns_and_uses_the_last_rows():
   rows = [_row(1.0, 0, 100.0, 0.5), _row(2.0, 100, 100.0, 0.5), _row(3.0, 400, 100.0, 0.5)]
-  summary = throughput.summarize_metrics(rows, warmup_seconds=30.0, memory_from_seconds=30.0)
+  summary = end_to_end.summarize_metrics(rows, warmup_seconds=30.0, memory_from_seconds=30.0)
   assert summary["env_steps_per_second"] == pytest.approx(300.0)
   assert "warm-up" in summary["warning"]
   with pytest.raises(ValueError, match="needs two"):
-    throughput.summarize_metrics(rows[:1], warmup_seconds=0.0, memory_from_seconds=0.0)
+    end_to_end.summarize_metrics(rows[:1], warmup_seconds=0.0, memory_from_seconds=0.0)
+
+
+# A hand-made report, and the table format_report must print for it, line for line.
+_REPORT = dict(
+    settings=dict(env="Pong-v5", num_actor_threads=2, num_envs=32, unroll_length=20,
+                  batch_size=32, e2e_window_seconds=30.0, warmup_seconds=30.0,
+                  learner_iters=10, inference_batch_sizes=[1, 16], inference_calls=100),
+    machine=dict(cpu_count=2, load_average_1min_at_start=3.4, jax_devices=["cpu:0"],
+                 versions=dict(jax="0.10.2", envpool="1.2.5"),
+                 date="2026-11-22T01:27:05+00:00"),
+    raw=dict(env_steps_per_second=6798.0, frames_per_second=27192.0),
+    e2e=dict(shallow=dict(
+        env_steps_per_second=1802.0, frames_per_second=7208.0, updates=146,
+        time_fractions=dict(learner_update=0.889, actor_env=0.355, actor_inference=0.512),
+        time_fraction_totals=dict(actor=0.867, learner=0.889),
+        inference_batch_size=37.07, inference_latency_ms=13.05, policy_lag=None,
+        memory=dict(peak_rss_mb=1277.0, growth_percent=1.56, peak_growth_percent=-0.5,
+                    from_seconds=30.0, to_seconds=60.0),
+        warning="too short")),
+    learner=dict(shallow=dict(
+        project=dict(samples_per_second=3261.0, ms_per_update=196.0,
+                     ms_per_update_split=dict(stack=7.64, update=184.0)),
+        reference=dict(samples_per_second=1151.0, ms_per_update=556.0),
+        project_over_reference=2.83,
+        first_loss=dict(project=1063.0, reference=1063.0, relative_difference=1.1e-7))),
+    inference=dict(shallow=dict(batch_sizes={
+        "1": dict(samples_per_second=1365.0, latency_ms=0.733, server_latency_ms=0.687),
+        "16": dict(samples_per_second=8503.0, latency_ms=1.88, server_latency_ms=1.78)})))
+
+_TABLE = [
+    "impala_jax throughput: Pong-v5, 2 actor thread(s) × 32 envs, T=20, B=32",
+    "2 CPUs (load 3.4 at start), jax 0.10.2 on cpu:0, envpool 1.2.5, 2026-11-22T01:27:05+00:00",
+    "",
+    "Raw EnvPool (random actions, async send/recv)",
+    "     env steps/s      frames/s",
+    "           6,798        27,192",
+    "",
+    "End-to-end training (30 s after 30 s warm-up)",
+    "                                shallow",
+    "  env steps/s                     1,802",
+    "  frames/s                        7,208",
+    "  ÷ raw EnvPool                   0.265",
+    "  ÷ learner-only capacity         0.553",
+    "  updates (whole run)               146",
+    "  where the time goes:                 ",
+    "    actor_env                     0.355",
+    "    actor_inference               0.512",
+    "    learner_update                0.889",
+    "    actor total                   0.867",
+    "    learner total                 0.889",
+    "  inference batch size            37.07",
+    "  inference latency ms            13.05",
+    "  policy lag (updates)                -",
+    "  peak RSS MB                     1,277",
+    "  RSS growth % (means)             1.56",
+    "  RSS growth % (peaks)           -0.500",
+    "    from minute                   0.500",
+    "    to minute                      1.00",
+    "  warning (shallow): too short",
+    "",
+    "Learner only (32 unrolls × 20 steps, 10 timed updates)",
+    "                              shallow",
+    "  project samples/s             3,261",
+    "  reference samples/s           1,151",
+    "  project ÷ reference            2.83",
+    "  project ms/update               196",
+    "    stack                        7.64",
+    "    update                        184",
+    "  reference ms/update             556",
+    "  first loss, project           1,063",
+    "  first loss, reference         1,063",
+    "    relative difference       1.1e-07",
+    "",
+    "Inference only (one client thread, 100 calls per size)",
+    "                              shallow",
+    "  batch 1: samples/s            1,365",
+    "    latency ms (client)         0.733",
+    "    latency ms (server)         0.687",
+    "  batch 16: samples/s           8,503",
+    "    latency ms (client)          1.88",
+    "    latency ms (server)          1.78",
+    "",
+]
+
+
+def test_report_ratios_and_table_are_unchanged():
+  ratios = report.ratios(_REPORT)
+  assert ratios == dict(end_to_end_over_raw_envpool=dict(shallow=1802.0 / 6798.0),
+                        end_to_end_over_learner_only=dict(shallow=1802.0 / 3261.0),
+                        learner_project_over_reference=dict(shallow=2.83))
+  # Without raw EnvPool there is nothing to divide by.
+  assert report.ratios(dict(e2e=_REPORT["e2e"]))["end_to_end_over_raw_envpool"] == dict(
+      shallow=None)
+  assert report.format_report(dict(_REPORT, ratios=ratios)).split("\n") == _TABLE
 
 
 def _numbers(tree, path=""):
@@ -88,7 +176,7 @@ def _numbers(tree, path=""):
 def test_tiny_run_reports_every_measurement_and_ratio(tmp_path):
   output = tmp_path / "throughput.json"
   cmd = [sys.executable, SCRIPT, "--env=Pong-v5", "--num_envs=2", "--num_actor_threads=1",
-         "--networks=shallow", "--warmup_seconds=10", "--window_seconds=4",
+         "--networks=shallow", "--warmup_seconds=10", "--window_seconds=10",
          "--raw_warmup_seconds=1", "--log_interval_seconds=1", "--learner_iters=1",
          "--batch_size=4", "--inference_batch_sizes=1,4", "--inference_calls=10",
          f"--output={output}"]

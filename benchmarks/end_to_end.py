@@ -1,0 +1,144 @@
+"""e2e: the real training system (`runtime.TrainingRun`) for one network.
+
+Env steps/s after warm-up, where the time goes (the `time_*` columns of metrics.csv), and the
+process's RSS and its growth (`memory`), all read from the run's metrics.csv.
+"""
+
+import csv
+import os
+import threading
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from benchmarks import memory
+from benchmarks import synthetic
+from impala_jax import config as config_lib
+from impala_jax.runtime import training as runtime
+
+Row = Mapping[str, Optional[float]]
+
+
+def read_metrics_csv(path: str) -> List[Dict[str, Optional[float]]]:
+  """The rows of a metrics.csv as floats (None for an empty cell)."""
+  with open(path, newline="") as f:
+    return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
+            for row in csv.DictReader(f)]
+
+
+def _first_row_at(rows: Sequence[Mapping[str, Any]], seconds: float) -> Optional[int]:
+  return next((i for i, r in enumerate(rows) if r["wall_seconds"] >= seconds), None)
+
+
+def _weighted_mean(span: Sequence[Row], column: str) -> Optional[float]:
+  """`column` averaged over the rows after `span`'s first, weighted by interval length."""
+  pairs = [(r[column], r["wall_seconds"] - previous["wall_seconds"])
+           for previous, r in zip(span[:-1], span[1:]) if r.get(column) is not None]
+  total_weight = sum(w for _, w in pairs)
+  if not pairs or total_weight <= 0:
+    return None
+  return sum(v * w for v, w in pairs) / total_weight
+
+
+def _span_start(rows: Sequence[Row], warmup_seconds: float) -> Tuple[int, Optional[str]]:
+  """The measured span's first row: the first at or after `warmup_seconds`, or, with a
+  warning, the last but one when no row but the last is that late."""
+  last = len(rows) - 1
+  first = _first_row_at(rows, warmup_seconds)
+  if first is None or first == last:
+    return last - 1, (f"fewer than two metrics rows after warm-up ({warmup_seconds:.0f} s): "
+                      "measured over the last two rows, which may include compilation; "
+                      "increase --window_seconds or --warmup_seconds")
+  return first, None
+
+
+def summarize_metrics(rows: Sequence[Row], warmup_seconds: float, memory_from_seconds: float,
+                      frames_per_env_step: int = 1) -> Dict[str, Any]:
+  """Throughput, where the time goes, and memory, from the rows of a run's metrics.csv.
+
+  The measured span runs from the first row at or after `warmup_seconds` (its `wall_seconds`)
+  to the last row. Throughput is Δenv_steps / Δwall_seconds over that span. Each row's
+  per-interval columns (`time_*` fractions, inference batch size and latency, policy lag)
+  describe the interval that ends at that row, so they are averaged over the rows after the
+  span's first, weighted by interval length.
+
+  Args:
+    rows: metrics.csv rows with floats (`read_metrics_csv`); at least `env_steps`,
+      `wall_seconds` and `rss_mb`.
+    warmup_seconds: where the measured span starts, on the clock of the rows' `wall_seconds`.
+    memory_from_seconds: RSS growth runs from the first row at or after this (same clock) to
+      the last row; if no row but the last is that late, from the span's first row.
+    frames_per_env_step: 4 on Atari (action repeat), 1 elsewhere.
+
+  Returns:
+    A dict; `warning` is set when the run was too short to start the span after warm-up, in
+    which case the span is the last two rows.
+
+  Raises:
+    ValueError: fewer than two rows.
+  """
+  if len(rows) < 2:
+    raise ValueError(f"metrics.csv has {len(rows)} row(s); throughput needs two. Increase "
+                     "--window_seconds or lower --log_interval_seconds.")
+  last = len(rows) - 1
+  first, warning = _span_start(rows, warmup_seconds)
+  span = rows[first:last + 1]
+  seconds = span[-1]["wall_seconds"] - span[0]["wall_seconds"]
+  env_steps = span[-1]["env_steps"] - span[0]["env_steps"]
+  steps_per_second = env_steps / seconds
+  time_fractions = {c[len("time_"):]: _weighted_mean(span, c)
+                    for c in rows[0] if c.startswith("time_")}
+  # Each thread's phases should add up to about 1. The runtime credits a phase when the actor's
+  # loop iteration ends, so a long block (a full queue while the learner compiles) lands whole
+  # in the row where it ends: a window that starts right after compilation can exceed 1.
+  time_fraction_totals = {
+      role: sum(v for k, v in time_fractions.items() if k.startswith(role + "_") and v)
+      for role in ("actor", "learner")}
+  memory_first = _first_row_at(rows, memory_from_seconds)
+  if memory_first is None or memory_first == last:
+    memory_first = first
+  summary = dict(
+      env_steps_per_second=steps_per_second,
+      frames_per_second=steps_per_second * frames_per_env_step,
+      measured_from_seconds=span[0]["wall_seconds"],
+      measured_to_seconds=span[-1]["wall_seconds"],
+      measured_env_steps=env_steps,
+      measured_rows=len(span),
+      # Fractions of each thread's wall time (actors averaged over actor threads).
+      time_fractions=time_fractions,
+      time_fraction_totals=time_fraction_totals,
+      inference_batch_size=_weighted_mean(span, "inference_batch_size"),
+      inference_latency_ms=_weighted_mean(span, "inference_latency_ms"),
+      policy_lag=_weighted_mean(span, "policy_lag"),
+      memory=memory.summarize_rss(rows, memory_first),
+      # The whole run, for plots of throughput and memory over time.
+      series={c: [r[c] for r in rows] for c in ("wall_seconds", "env_steps", "rss_mb")})
+  if warning:
+    summary["warning"] = warning
+  return summary
+
+
+def measure_end_to_end(config: config_lib.TrainConfig, warmup_seconds: float,
+                       window_seconds: float, memory_from_seconds: float) -> Dict[str, Any]:
+  """Trains for warm-up + window seconds with the real system and summarises metrics.csv.
+
+  `runtime.TrainingRun.run` runs in this (the main) thread, so Ctrl-C stops it cleanly; a
+  timer asks it to stop. `config.logdir` must not hold a previous run's checkpoints. All
+  times, `warmup_seconds` and `memory_from_seconds` included, count from the call to `run()`.
+
+  Returns:
+    `summarize_metrics`'s dict (metrics.csv's `wall_seconds` count from `run()`), plus the
+    run's update count and stop reason.
+  """
+  run = runtime.TrainingRun(config, show_progress=False)
+  csv_path = os.path.join(config.logdir, "metrics.csv")
+  timer = threading.Timer(warmup_seconds + window_seconds, run.request_stop)
+  timer.daemon = True
+  timer.start()
+  try:
+    summary = run.run()
+  finally:
+    timer.cancel()
+  rows = read_metrics_csv(csv_path)
+  result = summarize_metrics(rows, warmup_seconds, memory_from_seconds,
+                             synthetic.frames_per_step(config.env))
+  result.update(updates=summary.updates, stop_reason=summary.stop_reason)
+  return result
