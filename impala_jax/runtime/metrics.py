@@ -1,4 +1,4 @@
-"""Where metrics go: `metrics.csv` and TensorBoard event files in the run directory.
+"""Where metrics go: `metrics.csv`, `episodes.csv` and TensorBoard events in the run directory.
 
 Library code never prints; the terminal summary is the runtime's business (absl logging and a
 tqdm bar). The CSV's columns are fixed when the file is created; a resumed run appends to it.
@@ -12,8 +12,12 @@ from typing import Dict, Optional, Tuple
 from tensorboardX import SummaryWriter
 
 # Always present, in this order; other metrics follow in the order first seen.
-CSV_COLUMNS = ("env_steps", "wall_seconds", "episode_return", "episode_length", "episodes", "steps_per_second",
-               "policy_lag", "loss", "policy_loss", "baseline_loss", "entropy_loss", "entropy")
+CSV_COLUMNS = ("env_steps", "wall_seconds", "episode_return", "recent_episode_return",
+               "episode_length", "episodes", "steps_per_second", "policy_lag", "loss",
+               "policy_loss", "baseline_loss", "entropy_loss", "entropy")
+
+# One row per finished episode (Atari: per whole game), for curves and "steps to a score".
+EPISODE_COLUMNS = ("env_steps", "wall_seconds", "episode_return", "episode_length")
 
 
 class MetricsWriter:
@@ -53,3 +57,30 @@ class MetricsWriter:
   def close(self) -> None:
     self._file.close()
     self._tensorboard.close()
+
+
+class EpisodeWriter:
+  """Appends one row per finished episode to `<logdir>/episodes.csv` (`EPISODE_COLUMNS`).
+
+  `env_steps` and `wall_seconds` are the learner's count and the run's clock when the episode
+  was recorded (at the metrics row that collected it), so curves line up with metrics.csv.
+  """
+
+  def __init__(self, logdir: str):
+    os.makedirs(logdir, exist_ok=True)
+    path = os.path.join(logdir, "episodes.csv")
+    new = not os.path.exists(path) or os.path.getsize(path) == 0
+    self._file = open(path, "a", newline="")
+    self._writer = csv.writer(self._file)
+    if new:
+      self._writer.writerow(EPISODE_COLUMNS)
+
+  def write(self, env_steps: int, wall_seconds: float, episodes) -> None:
+    """`episodes`: `types.EpisodeStats` finished since the last call."""
+    for e in episodes:
+      self._writer.writerow((env_steps, f"{wall_seconds:.3f}", e.episode_return,
+                             e.episode_length))
+    self._file.flush()
+
+  def close(self) -> None:
+    self._file.close()

@@ -22,6 +22,10 @@ import tqdm
 from impala_jax import types
 from impala_jax.runtime import metrics as metrics_lib
 
+# The score shown while training: the mean real score of the last games finished (the usual
+# "last 100 episodes" of Atari papers would lag far behind on a short run).
+RECENT_EPISODES = 20
+
 # A phase counter: (name prefix, the component's `seconds` dict, threads it sums over).
 PhaseSource = Tuple[str, Callable[[], Mapping[str, float]], int]
 
@@ -82,6 +86,7 @@ class Telemetry:
   """Rows every `log_interval_seconds`, a tqdm bar (or one log line per row), episode scores."""
 
   def __init__(self, writer: metrics_lib.MetricsWriter, *,
+               episode_writer: metrics_lib.EpisodeWriter,
                episodes: "queue.SimpleQueue[types.EpisodeStats]",
                phases: PhaseTimer,
                gauges: Callable[[], Dict[str, float]],
@@ -89,6 +94,7 @@ class Telemetry:
                start_time: float, show_progress: bool):
     """Args:
       writer: where rows go.
+      episode_writer: where each finished episode goes.
       episodes: finished episodes, put there by the actors.
       phases: the components' phase counters.
       gauges: current readings of the components (called once per row).
@@ -98,7 +104,9 @@ class Telemetry:
       show_progress: a tqdm bar on the terminal; False logs one line per row instead.
     """
     self._writer = writer
+    self._episode_writer = episode_writer
     self._episodes = episodes
+    self._recent = collections.deque(maxlen=RECENT_EPISODES)
     self._phases = phases
     self._gauges = gauges
     self._interval = log_interval_seconds
@@ -128,7 +136,9 @@ class Telemetry:
     self._window = _Window(env_steps)
     finished = drain(self._episodes)
     self.episode_returns.extend(e.episode_return for e in finished)
+    self._recent.extend(e.episode_return for e in finished)
     now = time.monotonic()
+    self._episode_writer.write(env_steps, now - self._start_time, finished)
     elapsed = max(now - window.start, 1e-9)
     row: Dict[str, Optional[float]] = window.means()
     row.update(
@@ -136,6 +146,7 @@ class Telemetry:
         wall_seconds=now - self._start_time,
         episode_return=(float(np.mean([e.episode_return for e in finished]))
                         if finished else None),
+        recent_episode_return=float(np.mean(self._recent)) if self._recent else None,
         episode_length=(float(np.mean([e.episode_length for e in finished]))
                         if finished else None),
         episodes=len(finished),
@@ -144,7 +155,9 @@ class Telemetry:
     row.update(self._gauges())
     row.update(self._phases.fractions(elapsed))
     self._writer.write(row)
-    summary = (f"return={row['episode_return'] or math.nan:.2f} "
+    recent = row["recent_episode_return"]
+    summary = (f"score={math.nan if recent is None else recent:.2f} "
+               f"(last {len(self._recent)} games) "
                f"sps={row['steps_per_second']:.0f} loss={row.get('loss', math.nan):.3f} "
                f"lag={row.get('policy_lag', math.nan):.2f}")
     if self._show_progress:

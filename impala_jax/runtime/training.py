@@ -122,8 +122,9 @@ class TrainingRun:
     batches = learner_loop.UnrollQueueSource(unroll_queue, config.batch_size, self._stop.is_set,
                                              [server, *actors])
     writer = metrics_lib.MetricsWriter(config.logdir)
+    episode_writer = metrics_lib.EpisodeWriter(config.logdir)
     telemetry = telemetry_lib.Telemetry(
-        writer, episodes=episodes,
+        writer, episode_writer=episode_writer, episodes=episodes,
         phases=telemetry_lib.PhaseTimer(
             [("learner", lambda: learner.seconds, 1), ("learner", lambda: batches.seconds, 1)] +
             [("actor", lambda a=a: a.seconds, len(actors)) for a in actors]),
@@ -150,6 +151,7 @@ class TrainingRun:
         result = loop.run()
     finally:
       writer.close()
+      episode_writer.close()
       checkpointer.close()
     wall = time.monotonic() - loop_start
     return RunSummary(result.env_steps, learner.update_step, wall,

@@ -170,6 +170,13 @@ def _assert_cartpole_solved(logdir, seed, extra_flags=()):
             if float(r["episode_return"]) >= 475 and int(r["episodes"]) >= 5]
   best = max(float(r["episode_return"]) for r in rows)
   assert solved, f"best mean return {best:.1f} < 475 within 300k steps"
+  # episodes.csv holds every episode the rows counted, with the rows' step counts.
+  with open(os.path.join(logdir, "episodes.csv"), newline="") as f:
+    episodes = list(csv.DictReader(f))
+  assert len(episodes) == sum(int(r["episodes"]) for r in read_metrics(logdir))
+  assert {e["env_steps"] for e in episodes} <= {r["env_steps"] for r in rows}
+  last = [float(e["episode_return"]) for e in episodes[-20:]]
+  assert float(rows[-1]["recent_episode_return"]) == pytest.approx(np.mean(last))
 
 
 _APPO_FLAGS = (f"--flagfile={os.path.join(REPO, 'experiments', 'configs', 'cartpole_appo.flags')}",)
