@@ -35,6 +35,8 @@ def _define_env_flags(d: Dict[str, Any]) -> None:
   flags.DEFINE_integer("env_threads", 0, "EnvPool worker threads per actor; 0 lets EnvPool "
                        "decide.")
   flags.DEFINE_integer("num_actor_threads", d["num_actor_threads"], "Actor threads.")
+  flags.DEFINE_integer("image_size", 84, "Atari: frames are resized to image_size × "
+                       "image_size grayscale (the paper's 84).")
   flags.DEFINE_integer("max_episode_steps", 0, "Time limit per episode (truncation); 0 keeps "
                        "the task's default.")
   flags.DEFINE_float("inference_batch_wait_ms", 1.0, "How long the inference server waits "
@@ -108,7 +110,8 @@ def config_from_flags() -> config_lib.TrainConfig:
   f = flags.FLAGS
   env = config_lib.EnvConfig(
       env_id=f.env, num_envs=f.num_envs, batch_size=f.env_batch_size or None,
-      num_threads=f.env_threads, seed=f.seed, max_episode_steps=f.max_episode_steps or None)
+      num_threads=f.env_threads, seed=f.seed, max_episode_steps=f.max_episode_steps or None,
+      image_size=f.image_size)
   network = config_lib.NetworkConfig(
       torso=f.network, use_lstm=f.use_lstm,
       mlp_hidden_sizes=tuple(int(s) for s in f.mlp_hidden_sizes))

@@ -43,6 +43,9 @@ class EnvConfig:
     max_episode_steps: time limit (truncation), None for the task's default.
     episodic_life, reward_clip, noop_max, stack_num, frame_skip, repeat_action_probability:
       Atari only (ignored elsewhere); the defaults are the paper's settings.
+    image_size: Atari only: frames are resized to image_size × image_size grayscale (the
+      paper's 84). Smaller frames make the torso and EnvPool's resize cheaper: RLlib's APPO
+      Pong example uses 42.
   """
 
   env_id: str = "Pong-v5"
@@ -57,6 +60,7 @@ class EnvConfig:
   stack_num: int = 4
   frame_skip: int = 4
   repeat_action_probability: float = 0.0
+  image_size: int = 84
 
   def __post_init__(self):
     _require(self.num_envs >= 1, f"num_envs must be >= 1, got {self.num_envs}.")
@@ -65,6 +69,8 @@ class EnvConfig:
                f"env batch_size must be in [1, num_envs={self.num_envs}], got "
                f"{self.batch_size}.")
     _require(self.num_threads >= 0, f"num_threads must be >= 0, got {self.num_threads}.")
+    # The shallow torso's two VALID convolutions (8×8/4, 4×4/2) need at least 20 pixels.
+    _require(self.image_size >= 20, f"image_size must be >= 20, got {self.image_size}.")
 
   @property
   def recv_batch_size(self) -> int:

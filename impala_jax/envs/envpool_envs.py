@@ -39,9 +39,6 @@ from impala_jax.config import EnvConfig
 # the task id's spelling: ids such as "Pong-v5" carry no family marker.
 ATARI_SPEC_CLASS = "AtariEnvSpec"
 
-# Observation size of the paper's Atari setting (Table G.1): 84×84 grayscale frames.
-_ATARI_IMAGE_SIZE = 84
-
 # How many close matches an unknown task id error lists.
 _NUM_SUGGESTIONS = 5
 
@@ -131,9 +128,9 @@ def envpool_kwargs(config: EnvConfig) -> Dict[str, Any]:
         frame_skip=config.frame_skip,
         repeat_action_probability=config.repeat_action_probability,
         # EnvPool max-pools the last two raw frames of each action repeat before resizing, as
-        # in the paper; these make the 84×84 grayscale choice explicit rather than a default.
-        img_height=_ATARI_IMAGE_SIZE,
-        img_width=_ATARI_IMAGE_SIZE,
+        # in the paper; these make the image size (the paper's 84×84) and grayscale explicit.
+        img_height=config.image_size,
+        img_width=config.image_size,
         gray_scale=True,
     )
   return kwargs

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from impala_jax import envs
+from impala_jax import networks
 from impala_jax.config import EnvConfig
+from impala_jax.config import NetworkConfig
 from impala_jax.types import EpisodeStats
 
 
@@ -471,3 +473,21 @@ def test_tracker_async_cartpole_env_id_subsets():
     env.close()
   assert seen_ids == set(range(num_envs))
   assert len(episodes) >= 10
+
+
+def test_atari_image_size_is_a_setting_and_the_shallow_torso_runs_on_small_frames():
+  config = EnvConfig("Pong-v5", num_envs=2, image_size=42)
+  spec = envs.env_spec(config)
+  assert spec.observation_shape == (4, 42, 42)
+  env = envs.make_env(config)
+  try:
+    obs, _ = env.reset()
+  finally:
+    env.close()
+  assert obs.shape == (2, 4, 42, 42) and obs.dtype == np.uint8
+  network = networks.network_for_spec(NetworkConfig("shallow"), spec)
+  params = networks.init_params(network, spec, seed=0)
+  output, _ = network.apply(params, obs[None], np.ones((1, 2), bool), ())
+  assert output.policy.logits.shape == (1, 2, 6)
+  with pytest.raises(ValueError, match="image_size must be >= 20, got 16"):
+    EnvConfig("Pong-v5", image_size=16)
