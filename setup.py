@@ -24,6 +24,8 @@ setuptools.setup(
         "tensorboardX>=2.6",
         "tqdm>=4.60",
         "psutil>=5.9",
+        # Remote environment hosts stream to the inference server over gRPC.
+        "grpcio>=1.60",
     ],
     extras_require={
         # JAX's CUDA 12 wheels (bundled CUDA/cuDNN); see BUILD.md.

@@ -5,7 +5,7 @@ This is the only place flags are read: everything below `impala_jax` takes froze
 
 import logging as std_logging
 import sys
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from absl import app
 from absl import flags
@@ -23,6 +23,7 @@ def define_flags(defaults: Dict[str, Any]) -> None:
   _define_objective_flags(defaults)
   _define_optimizer_flags(defaults)
   _define_run_flags(defaults)
+  _define_remote_flags()
 
 
 def _define_env_flags(d: Dict[str, Any]) -> None:
@@ -105,13 +106,47 @@ def _define_run_flags(d: Dict[str, Any]) -> None:
   flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
-def config_from_flags() -> config_lib.TrainConfig:
-  """Builds the frozen config; invalid values raise ValueError naming the flag to change."""
+def _define_remote_flags() -> None:
+  flags.DEFINE_string("listen", "", "Serve remote env hosts (experiments/env_host.py) on "
+                      "HOST:PORT, e.g. 127.0.0.1:50051 (0.0.0.0:PORT for other machines); "
+                      "empty: none.")
+  flags.DEFINE_string("token_file", None, "File with the env hosts' shared secret (default: "
+                      "$IMPALA_JAX_TOKEN). Never pass the secret itself on a command line.")
+  flags.DEFINE_integer("remote_max_envs", 256, "Environments reserved for all remote hosts.")
+  flags.DEFINE_integer("remote_max_envs_per_host", 256, "The most environments one host may "
+                       "bring.")
+  flags.DEFINE_integer("max_hosts", 16, "Concurrent env host streams.")
+  flags.DEFINE_float("host_lease_seconds", 30.0, "A host silent for this long is evicted (it "
+                     "may reconnect, and starts clean).")
+  flags.DEFINE_string("tls_cert_file", None, "Serve TLS: certificate chain (PEM).")
+  flags.DEFINE_string("tls_key_file", None, "Serve TLS: private key (PEM).")
+  flags.DEFINE_float("max_batch_wait_minutes", 10.0, "Stop with an error when no unroll "
+                     "arrives for this long (all actors and hosts gone).")
+
+
+def remote_config_from_flags() -> Optional[config_lib.RemoteEnvConfig]:
   f = flags.FLAGS
-  env = config_lib.EnvConfig(
+  if not f.listen:
+    return None
+  return config_lib.RemoteEnvConfig(
+      listen=f.listen, token_file=f.token_file, max_envs=f.remote_max_envs,
+      max_envs_per_host=f.remote_max_envs_per_host, max_hosts=f.max_hosts,
+      lease_seconds=f.host_lease_seconds, tls_cert_file=f.tls_cert_file,
+      tls_key_file=f.tls_key_file)
+
+
+def env_config_from_flags() -> config_lib.EnvConfig:
+  f = flags.FLAGS
+  return config_lib.EnvConfig(
       env_id=f.env, num_envs=f.num_envs, batch_size=f.env_batch_size or None,
       num_threads=f.env_threads, seed=f.seed, max_episode_steps=f.max_episode_steps or None,
       image_size=f.image_size)
+
+
+def config_from_flags() -> config_lib.TrainConfig:
+  """Builds the frozen config; invalid values raise ValueError naming the flag to change."""
+  f = flags.FLAGS
+  env = env_config_from_flags()
   network = config_lib.NetworkConfig(
       torso=f.network, use_lstm=f.use_lstm,
       mlp_hidden_sizes=tuple(int(s) for s in f.mlp_hidden_sizes))
@@ -133,7 +168,8 @@ def config_from_flags() -> config_lib.TrainConfig:
       inference_batch_wait_ms=f.inference_batch_wait_ms, total_env_steps=f.total_env_steps,
       seed=f.seed, logdir=f.logdir, resume=f.resume,
       checkpoint_interval_minutes=f.checkpoint_interval_minutes,
-      log_interval_seconds=f.log_interval_seconds)
+      log_interval_seconds=f.log_interval_seconds, remote_envs=remote_config_from_flags(),
+      max_batch_wait_minutes=f.max_batch_wait_minutes)
 
 
 class _QuietLibraries:

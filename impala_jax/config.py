@@ -204,6 +204,46 @@ class OptimizerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RemoteEnvConfig:
+  """Remote environment hosts that stream to this learner's inference server (SEED-style).
+
+  Attributes:
+    listen: HOST:PORT the gRPC server binds, e.g. "127.0.0.1:50051" (loopback unless told;
+      "0.0.0.0:50051" for other machines). Port 0 picks a free one.
+    token_file: file holding the shared secret; None reads $IMPALA_JAX_TOKEN. Never the
+      secret itself: configs are written to disk and command lines are visible to `ps`.
+    max_envs: global environment ids reserved for remote hosts, over all of them.
+    max_envs_per_host: the most environments one host may bring.
+    max_hosts: concurrent host streams.
+    lease_seconds: a host not heard from for this long is evicted (its partial unrolls are
+      discarded); it may reconnect and starts clean.
+    tls_cert_file, tls_key_file: serve TLS with this certificate chain and key (PEM).
+  """
+
+  listen: str = "127.0.0.1:50051"
+  token_file: Optional[str] = None
+  max_envs: int = 256
+  max_envs_per_host: int = 256
+  max_hosts: int = 16
+  lease_seconds: float = 30.0
+  tls_cert_file: Optional[str] = None
+  tls_key_file: Optional[str] = None
+
+  def __post_init__(self):
+    host, _, port = self.listen.rpartition(":")
+    _require(bool(host) and port.isdigit() and int(port) < 65536,
+             f"listen must be HOST:PORT, got {self.listen!r}.")
+    _require(self.max_envs >= 1, f"max_envs must be >= 1, got {self.max_envs}.")
+    _require(1 <= self.max_envs_per_host <= self.max_envs,
+             f"max_envs_per_host must be in [1, max_envs={self.max_envs}], got "
+             f"{self.max_envs_per_host}.")
+    _require(self.max_hosts >= 1, f"max_hosts must be >= 1, got {self.max_hosts}.")
+    _require(self.lease_seconds > 0, f"lease_seconds must be > 0, got {self.lease_seconds}.")
+    _require(bool(self.tls_cert_file) == bool(self.tls_key_file),
+             "TLS needs both tls_cert_file and tls_key_file.")
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """A whole training run: what `experiments/` builds from flags and `runtime.train` runs.
 
@@ -227,6 +267,10 @@ class TrainConfig:
     resume: continue from the latest checkpoint in `logdir`.
     checkpoint_interval_minutes: also written at exit.
     log_interval_seconds: seconds between metric rows.
+    remote_envs: serve remote environment hosts (`RemoteEnvConfig`), None for none. With it,
+      num_actor_threads may be 0 (all environments remote).
+    max_batch_wait_minutes: stop the run with an error when no batch of unrolls arrives for
+      this long (every actor and host gone).
   """
 
   env: EnvConfig = EnvConfig()
@@ -246,10 +290,16 @@ class TrainConfig:
   resume: bool = False
   checkpoint_interval_minutes: float = 10.0
   log_interval_seconds: float = 10.0
+  remote_envs: Optional[RemoteEnvConfig] = None
+  max_batch_wait_minutes: float = 10.0
 
   def __post_init__(self):
-    _require(self.num_actor_threads >= 1,
-             f"num_actor_threads must be >= 1, got {self.num_actor_threads}.")
+    minimum_actors = 0 if self.remote_envs is not None else 1
+    _require(self.num_actor_threads >= minimum_actors,
+             f"num_actor_threads must be >= {minimum_actors}, got {self.num_actor_threads}"
+             + ("" if minimum_actors == 0 else " (0 needs remote env hosts: --listen)") + ".")
+    _require(self.max_batch_wait_minutes > 0,
+             f"max_batch_wait_minutes must be > 0, got {self.max_batch_wait_minutes}.")
     _require(self.unroll_length >= 1, f"unroll_length must be >= 1, got {self.unroll_length}.")
     _require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}.")
     _require(self.num_epochs >= 1, f"num_epochs must be >= 1, got {self.num_epochs}.")
@@ -292,7 +342,13 @@ class TrainConfig:
 
   @property
   def total_envs(self) -> int:
+    """Local environments: those of the actor threads."""
     return self.num_actor_threads * self.env.num_envs
+
+  @property
+  def inference_envs(self) -> int:
+    """Environment ids at the inference server: local ones, then the remote hosts' slots."""
+    return self.total_envs + (self.remote_envs.max_envs if self.remote_envs else 0)
 
   def check_devices(self, num_devices: int) -> None:
     """Fails early when the batch can't be split evenly over the learner devices."""

@@ -5,8 +5,8 @@ whichever environments finished stepping (GIL released while EnvPool works), the
 inference server for their actions, and `send()`s them straight back, so the C++ pool keeps
 stepping while the Python side does its bookkeeping.
 
-Each environment's timesteps go into its own column of an `unroll_buffer.UnrollBuffer`, which
-cuts T+1-step unrolls with the bootstrap overlap (see `impala_jax.types`).
+A `recorder.StepRecorder` keeps the bookkeeping: episode starts, real scores, and T+1-step
+unrolls with the bootstrap overlap (see `impala_jax.types`).
 """
 
 import queue
@@ -19,7 +19,7 @@ from impala_jax import config as config_lib
 from impala_jax import envs
 from impala_jax import types
 from impala_jax.acting import inference
-from impala_jax.acting import unroll_buffer
+from impala_jax.acting import recorder as recorder_lib
 from impala_jax.runtime import worker
 
 _POLL_SECONDS = 0.1
@@ -76,11 +76,8 @@ class Actor(worker.Worker):
 
   def _loop(self, env) -> None:
     spec = envs.env_spec(env)
-    num_envs = self._env_config.num_envs
-    is_atari = envs.is_atari(self._env_config.env_id)
-    tracker = envs.EpisodeTracker(num_envs, is_atari)
-    buffer = unroll_buffer.UnrollBuffer(self._unroll_length, num_envs, spec)
-    starts_episode = np.ones((num_envs,), bool)
+    recorder = recorder_lib.StepRecorder(self._env_config.num_envs, spec, self._unroll_length,
+                                         envs.is_atari(self._env_config.env_id))
     env.async_reset()
     seconds = self.seconds
     clock = time.perf_counter
@@ -88,20 +85,20 @@ class Actor(worker.Worker):
       t0 = clock()
       observation, reward, terminated, truncated, info = env.recv()
       ids = np.asarray(info["env_id"])
-      first = starts_episode[ids]
+      first = recorder.first(ids)
       t1 = clock()
       result = self._client.act(ids + self._env_id_offset, observation, first)
       t2 = clock()
       env.send(envs.to_env_action(result.action, spec), ids)
 
       # Bookkeeping overlaps with EnvPool stepping the environments just sent.
-      starts_episode[ids] = terminated | truncated
-      for episode in tracker.update(ids, reward, terminated, truncated, info):
+      episodes, unrolls = recorder.record(ids, observation, reward, terminated, truncated,
+                                          info, first, result)
+      for episode in episodes:
         self._on_episode(episode)
-      buffer.write(ids, observation, reward, terminated, truncated, first, result)
       self.env_steps += len(ids)
       t3 = clock()
-      for unroll in buffer.pop_complete(ids):
+      for unroll in unrolls:
         self._put(unroll)
       t4 = clock()
       seconds["env"] += t1 - t0

@@ -116,7 +116,8 @@ class InferenceServer(worker.Worker):
       seed: seeds action sampling.
       batch_wait_ms: after the first request, wait this long for more before running.
       expected_requests: stop waiting as soon as this many requests are in (e.g. the number of
-        actor threads: each has at most one request outstanding).
+        actor threads and remote hosts: each has at most one request outstanding); it can
+        change while serving (`set_expected_requests`). None always waits the whole window.
       initial_version: the version of `params` (the learner's update count on resume).
     """
     self._step = make_policy_step(apply_fn, initial_core_state)
@@ -153,6 +154,10 @@ class InferenceServer(worker.Worker):
   @property
   def policy_version(self) -> int:
     return self._params_and_version[1]
+
+  def set_expected_requests(self, expected_requests: Optional[int]) -> None:
+    """How many requesters there are now (remote hosts come and go); one assignment."""
+    self._expected_requests = expected_requests
 
   # -- the client side, called from actor threads ----------------------------------------------
 
@@ -210,7 +215,8 @@ class InferenceServer(worker.Worker):
       return []
     size = len(batch[0].env_ids)
     deadline = time.monotonic() + self._batch_wait_s
-    while self._expected_requests is None or len(batch) < self._expected_requests:
+    expected = self._expected_requests
+    while expected is None or len(batch) < expected:
       remaining = deadline - time.monotonic()
       try:
         request = (self._requests.get(timeout=remaining) if remaining > 0 else

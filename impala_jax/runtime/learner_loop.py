@@ -14,10 +14,13 @@ import queue
 import time
 from typing import Any, Callable, Iterable, List, NamedTuple, Optional, Protocol
 
+from absl import logging
+
 from impala_jax import types
 from impala_jax.runtime import worker
 
 _POLL_SECONDS = 0.1
+_WAITING_LOG_SECONDS = 30.0
 
 
 class BatchSource(Protocol):
@@ -42,15 +45,20 @@ class UnrollQueueSource:
   """
 
   def __init__(self, unroll_queue: "queue.Queue[types.Unroll]", batch_size: int,
-               stop_requested: Callable[[], bool], workers: Iterable[worker.Worker]):
+               stop_requested: Callable[[], bool], workers: Iterable[worker.Worker],
+               max_wait_seconds: float = 600.0,
+               describe_sources: Callable[[], str] = lambda: "no source described"):
     self._queue = unroll_queue
     self._batch_size = batch_size
     self._stop_requested = stop_requested
     self._workers = list(workers)
+    self._max_wait_seconds = max_wait_seconds
+    self._describe_sources = describe_sources
     self.seconds = {"batch_wait": 0.0}  # Time spent waiting for unrolls ("time_*" columns).
 
   def next_batch(self) -> Optional[List[types.Unroll]]:
     start = time.perf_counter()
+    last_unroll = last_warning = start
     try:
       unrolls = []
       while len(unrolls) < self._batch_size:
@@ -58,8 +66,18 @@ class UnrollQueueSource:
           return None
         try:
           unrolls.append(self._queue.get(timeout=_POLL_SECONDS))
+          last_unroll = time.perf_counter()
         except queue.Empty:
           worker.raise_if_failed(self._workers)
+          now = time.perf_counter()
+          if now - last_unroll > self._max_wait_seconds:
+            raise TimeoutError(
+                f"No unroll arrived for {self._max_wait_seconds:.0f} s "
+                f"({self._describe_sources()}); stopping.")
+          if now - last_warning > _WAITING_LOG_SECONDS:
+            last_warning = now
+            logging.warning("Waiting for unrolls: %d of %d for this batch (%s).",
+                            len(unrolls), self._batch_size, self._describe_sources())
       return unrolls
     finally:
       self.seconds["batch_wait"] += time.perf_counter() - start

@@ -30,6 +30,7 @@ from impala_jax import networks
 from impala_jax import types
 from impala_jax.acting import actor as actor_lib
 from impala_jax.acting import inference
+from impala_jax.distributed import env_server
 from impala_jax.learning import learner as learner_lib
 from impala_jax.runtime import checkpoint as checkpoint_lib
 from impala_jax.runtime import learner_loop
@@ -87,6 +88,9 @@ class TrainingRun:
     self._show_progress = show_progress
     self._stop = threading.Event()
     config.check_devices(jax.local_device_count())
+    if config.remote_envs is not None:  # Fail now, not when the first host connects.
+      env_server.read_token(config.remote_envs)
+      env_server.check_tls_files(config.remote_envs)
     self._spec = envs.env_spec(config.env)
     self._network = networks.network_for_spec(config.network, self._spec)
     checkpoint_dir = os.path.join(config.logdir, "checkpoints")
@@ -119,8 +123,14 @@ class TrainingRun:
         actor_lib.Actor(i, env_config, server, unroll_queue, config.unroll_length,
                         on_episode=episodes.put)
         for i, env_config in enumerate(actor_env_configs(config, learner.update_step))]
-    batches = learner_loop.UnrollQueueSource(unroll_queue, config.batch_size, self._stop.is_set,
-                                             [server, *actors])
+    remote = None
+    if config.remote_envs is not None:
+      remote = env_server.make_env_server(config, self._spec, server, unroll_queue,
+                                          episodes.put, self._stop.is_set)
+    batches = learner_loop.UnrollQueueSource(
+        unroll_queue, config.batch_size, self._stop.is_set, [server, *actors],
+        max_wait_seconds=60 * config.max_batch_wait_minutes,
+        describe_sources=lambda: _describe_sources(actors, remote))
     writer = metrics_lib.MetricsWriter(config.logdir)
     episode_writer = metrics_lib.EpisodeWriter(config.logdir)
     telemetry = telemetry_lib.Telemetry(
@@ -128,7 +138,7 @@ class TrainingRun:
         phases=telemetry_lib.PhaseTimer(
             [("learner", lambda: learner.seconds, 1), ("learner", lambda: batches.seconds, 1)] +
             [("actor", lambda a=a: a.seconds, len(actors)) for a in actors]),
-        gauges=lambda: _gauges(learner, server, unroll_queue),
+        gauges=lambda: _gauges(learner, server, unroll_queue, remote),
         log_interval_seconds=config.log_interval_seconds,
         total_env_steps=config.total_env_steps, env_steps=env_steps, start_time=start_time,
         show_progress=self._show_progress)
@@ -143,6 +153,9 @@ class TrainingRun:
       with signals.SignalStop(self._stop), contextlib.ExitStack() as threads:
         server.start()
         threads.callback(server.close)
+        if remote is not None:  # Closed before the inference server: streams end first.
+          remote.start()
+          threads.callback(remote.close)
         for actor in actors:
           actor.start()
         # Actors stop before the server: one blocked in `act` still gets its answer.
@@ -160,12 +173,9 @@ class TrainingRun:
 
   def _inference_server(self, learner: learner_lib.Learner) -> inference.InferenceServer:
     config = self.config
-    recv_batch = config.env.recv_batch_size
     return inference.InferenceServer(
         self._network.apply, learner.params(), self._network.initial_state(1),
-        num_envs=config.total_envs,
-        # Each actor asks for one recv batch at a time: a call serves 1..num_actors of them.
-        batch_sizes=[recv_batch * k for k in range(1, config.num_actor_threads + 1)],
+        num_envs=config.inference_envs, batch_sizes=inference_batch_sizes(config),
         seed=session_seed(config.seed, learner.update_step),
         batch_wait_ms=config.inference_batch_wait_ms,
         expected_requests=config.num_actor_threads,
@@ -186,13 +196,44 @@ class TrainingRun:
     return int(metadata["env_steps"])
 
 
+def inference_batch_sizes(config: config_lib.TrainConfig) -> List[int]:
+  """The padded sizes a policy call may have: each compiles once.
+
+  Local actors ask for one recv batch at a time, so a call serves 1..num_actors of them: k ×
+  the recv batch. Remote hosts bring other sizes: powers of two up to all environments.
+  """
+  recv_batch = config.env.recv_batch_size
+  sizes = {recv_batch * k for k in range(1, config.num_actor_threads + 1)}
+  if config.remote_envs is not None:
+    size = 8
+    while size < config.inference_envs:
+      sizes.add(size)
+      size *= 2
+    sizes.add(config.inference_envs)
+  return sorted(sizes)
+
+
+def _describe_sources(actors, remote) -> str:
+  alive = sum(a.is_alive() for a in actors)
+  text = f"{alive} of {len(actors)} actor threads alive"
+  if remote is not None:
+    text += f", {remote.stats().hosts} env hosts connected"
+  return text
+
+
 def _gauges(learner: learner_lib.Learner, server: inference.InferenceServer,
-            unroll_queue: "queue.Queue") -> Dict[str, Any]:
+            unroll_queue: "queue.Queue", remote) -> Dict[str, Any]:
   stats = server.stats()
-  return dict(updates=learner.update_step, queue_size=unroll_queue.qsize(),
-              inference_batch_size=stats.mean_batch_size,
-              inference_requests_per_batch=stats.mean_requests_per_batch,
-              inference_latency_ms=stats.mean_latency_ms)
+  gauges = dict(updates=learner.update_step, queue_size=unroll_queue.qsize(),
+                inference_batch_size=stats.mean_batch_size,
+                inference_requests_per_batch=stats.mean_requests_per_batch,
+                inference_latency_ms=stats.mean_latency_ms)
+  if remote is not None:
+    hosts = remote.stats()
+    gauges.update(remote_hosts=hosts.hosts, remote_envs=hosts.remote_envs,
+                  remote_env_steps=hosts.remote_env_steps,
+                  rejected_messages=hosts.rejected, evicted_hosts=hosts.evicted)
+  return gauges
 
 
 def train(config: config_lib.TrainConfig, show_progress: bool = True) -> RunSummary:

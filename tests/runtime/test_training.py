@@ -139,6 +139,13 @@ def test_sigterm_during_a_run_exits_within_seconds_with_a_checkpoint(tmp_path):
     (["--env=Pongg-v5"], "Unknown EnvPool task 'Pongg-v5'. Did you mean: Pong-v5"),
     (["--batch_size=20", "--queue_capacity=10"], "queue_capacity (10) must be >= batch_size"),
     (["--network=mlp", "--use_lstm", "--num_envs=0"], "num_envs must be >= 1"),
+    (["--num_actor_threads=0"], "num_actor_threads must be >= 1, got 0 (0 needs remote env "
+     "hosts: --listen)"),
+    (["--listen=127.0.0.1:0", "--token_file=/nonexistent/token"],
+     "Secret file '/nonexistent/token' does not exist"),
+    (["--listen=localhost"], "listen must be HOST:PORT, got 'localhost'"),
+    (["--objective=ppo"], "--objective=ppo: value should be one of <impala|appo>"),
+    (["--num_minibatches=3"], "batch_size=32 is not divisible by num_minibatches=3"),
 ])
 def test_bad_input_exits_nonzero_with_a_clear_message(tmp_path, args, message):
   cmd = [sys.executable, os.path.join(REPO, "experiments", "atari.py"),
