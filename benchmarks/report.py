@@ -80,7 +80,7 @@ def _fmt(value: Any) -> str:
   return f"{value:.3f}"
 
 
-def _table(title: str, columns: Sequence[str], rows: Sequence[Tuple[str, Sequence[Any]]]
+def table(title: str, columns: Sequence[str], rows: Sequence[Tuple[str, Sequence[Any]]]
            ) -> List[str]:
   """A plain-text table: a title, a header of `columns`, then `(label, values)` rows."""
   width = max([len(label) for label, _ in rows] + [0])
@@ -101,13 +101,13 @@ def format_report(report: Mapping[str, Any]) -> str:
       f"{m['versions']['envpool']}, {m['date']}", ""]
   raw = report.get("raw")
   if raw:
-    lines += _table("Raw EnvPool (random actions, async send/recv)", ["env steps/s", "frames/s"],
-                    [("", [raw["env_steps_per_second"], raw["frames_per_second"]])])
+    lines += table("Raw EnvPool (random actions, async send/recv)", ["env steps/s", "frames/s"],
+                   [("", [raw["env_steps_per_second"], raw["frames_per_second"]])])
     lines.append("")
   sections = (("e2e", _e2e_table), ("learner", _learner_table), ("inference", _inference_table))
-  for key, table in sections:
+  for key, section_table in sections:
     if report.get(key):
-      lines += table(report, s)
+      lines += section_table(report, s)
       lines.append("")
   return "\n".join(lines)
 
@@ -137,7 +137,7 @@ def _e2e_table(report: Mapping[str, Any], s: Mapping[str, Any]) -> List[str]:
             [e2e[n]["memory"]["peak_growth_percent"] for n in names]),
            ("  from minute", [e2e[n]["memory"]["from_seconds"] / 60 for n in names]),
            ("  to minute", [e2e[n]["memory"]["to_seconds"] / 60 for n in names])]
-  lines = _table(f"End-to-end training ({s['e2e_window_seconds']:.0f} s after "
+  lines = table(f"End-to-end training ({s['e2e_window_seconds']:.0f} s after "
                  f"{s['warmup_seconds']:.0f} s warm-up)", names, rows)
   return lines + [f"  warning ({n}): {e2e[n]['warning']}" for n in names if "warning" in e2e[n]]
 
@@ -157,7 +157,7 @@ def _learner_table(report: Mapping[str, Any], s: Mapping[str, Any]) -> List[str]
            ("first loss, reference", [learner[n]["first_loss"]["reference"] for n in names]),
            ("  relative difference",
             [f"{learner[n]['first_loss']['relative_difference']:.1e}" for n in names])]
-  return _table(f"Learner only ({s['batch_size']} unrolls × {s['unroll_length']} steps, "
+  return table(f"Learner only ({s['batch_size']} unrolls × {s['unroll_length']} steps, "
                 f"{s['learner_iters']} timed updates)", names, rows)
 
 
@@ -170,5 +170,5 @@ def _inference_table(report: Mapping[str, Any], s: Mapping[str, Any]) -> List[st
     rows += [(f"batch {size}: samples/s", [p["samples_per_second"] for p in per]),
              ("  latency ms (client)", [p["latency_ms"] for p in per]),
              ("  latency ms (server)", [p["server_latency_ms"] for p in per])]
-  return _table(f"Inference only (one client thread, {s['inference_calls']} calls per "
+  return table(f"Inference only (one client thread, {s['inference_calls']} calls per "
                 "size)", names, rows)

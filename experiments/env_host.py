@@ -11,6 +11,7 @@ checks them on connect and rejects a host that differs. SIGINT/SIGTERM stop the 
 a lost learner is retried with backoff until it returns.
 """
 
+import json
 import os
 import sys
 import threading
@@ -42,6 +43,8 @@ flags.DEFINE_string("token_file", None, "File with the shared secret (default: "
 flags.DEFINE_string("tls_ca_file", None, "Use TLS, trusting this CA certificate (PEM).")
 flags.DEFINE_float("reply_timeout_seconds", 30.0, "Reconnect when a reply takes longer.")
 flags.DEFINE_float("status_interval_seconds", 30.0, "Seconds between status log lines.")
+flags.DEFINE_string("stats_file", None, "At exit, write the host's wire statistics (steps, "
+                    "bytes per step, round-trip times) here as JSON.")
 
 
 def main(argv) -> None:
@@ -69,6 +72,9 @@ def main(argv) -> None:
         last_status = time.monotonic()
         logging.info("%d env steps sent over %d connection(s).", host.env_steps,
                      host.connections)
+  if f.stats_file:
+    with open(f.stats_file, "w") as out:
+      json.dump(host.stats(), out, indent=2)
   if host.error is not None:
     print(f"error: {host.error}", file=sys.stderr)
     sys.exit(1)

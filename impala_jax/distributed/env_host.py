@@ -32,6 +32,7 @@ from impala_jax.distributed import wire
 from impala_jax.runtime import worker
 
 _POLL_SECONDS = 0.1
+_ROUND_TRIPS_KEPT = 10_000
 _MAX_BACKOFF_SECONDS = 30.0
 # Rejections that a reconnect would only repeat.
 _PERMANENT = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
@@ -65,6 +66,11 @@ class EnvHost(worker.Worker):
     self._max_bytes = wire.max_message_bytes(self._step_schema, env_config.num_envs) + 4096
     self.env_steps = 0
     self.connections = 0
+    # Wire statistics: bytes each way, and each STEP's round trip (sent → ACTIONS back, which
+    # includes the wait for the learner's batched policy call).
+    self.bytes_sent = 0
+    self.bytes_received = 0
+    self.round_trips = collections.deque(maxlen=_ROUND_TRIPS_KEPT)
 
   def _run(self) -> None:
     backoff = 1.0
@@ -133,29 +139,46 @@ class EnvHost(worker.Worker):
 
   def _steps(self, env, requests: "queue.Queue", replies: "queue.Queue") -> None:
     env.async_reset()
-    in_flight = collections.deque()  # (sequence, env ids) awaiting ACTIONS, oldest first.
+    # (sequence, env ids, time sent) awaiting ACTIONS, oldest first.
+    in_flight = collections.deque()
     sequence = 0
     halves = 2 if self._env_config.num_envs >= 2 else 1
     for _ in range(halves):
       sequence += 1
-      in_flight.append((sequence, self._send_step(env, requests, sequence)))
+      in_flight.append((sequence, self._send_step(env, requests, sequence), time.monotonic()))
     while not self._stop.is_set():
       reply = self._next_reply(replies)
-      expected_sequence, ids = in_flight.popleft()
+      expected_sequence, ids, sent_at = in_flight.popleft()
+      self.round_trips.append(time.monotonic() - sent_at)
+      self.bytes_received += len(reply)
       actions = self._check_actions(reply, expected_sequence, ids)
       env.send(envs.to_env_action(actions, self._spec), ids)
       sequence += 1
-      in_flight.append((sequence, self._send_step(env, requests, sequence)))
+      in_flight.append((sequence, self._send_step(env, requests, sequence), time.monotonic()))
 
   def _send_step(self, env, requests: "queue.Queue", sequence: int) -> np.ndarray:
     observation, reward, terminated, truncated, info = env.recv()
     ids = np.asarray(info["env_id"], np.int32)
-    requests.put(wire.encode(
+    message = wire.encode(
         env_protocol.STEP, sequence, self._step_schema,
         env_protocol.step_arrays(ids, observation, reward, terminated, truncated, info,
-                                 self._is_atari)))
+                                 self._is_atari))
+    requests.put(message)
+    self.bytes_sent += len(message)
     self.env_steps += len(ids)
     return ids
+
+  def stats(self) -> dict:
+    """Steps, bytes per agent step each way, and round-trip times (recent 10k STEPs)."""
+    trips = np.asarray(self.round_trips) * 1000.0
+    steps = max(self.env_steps, 1)
+    return dict(env_steps=self.env_steps, connections=self.connections,
+                bytes_sent=self.bytes_sent, bytes_received=self.bytes_received,
+                bytes_per_step_sent=self.bytes_sent / steps,
+                bytes_per_step_received=self.bytes_received / steps,
+                round_trip_ms_mean=float(trips.mean()) if len(trips) else None,
+                round_trip_ms_p50=float(np.percentile(trips, 50)) if len(trips) else None,
+                round_trip_ms_p95=float(np.percentile(trips, 95)) if len(trips) else None)
 
   def _next_reply(self, replies: "queue.Queue") -> bytes:
     deadline = time.monotonic() + self._reply_timeout
