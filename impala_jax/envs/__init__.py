@@ -1,5 +1,6 @@
 """Environments: EnvPool tasks by id, their specs and action format, and real game scores."""
 
+from impala_jax.envs import atari_scores
 from impala_jax.envs.envpool_envs import is_atari
 from impala_jax.envs.envpool_envs import make_env
 from impala_jax.envs.scoring import EpisodeTracker

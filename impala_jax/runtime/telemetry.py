@@ -91,7 +91,8 @@ class Telemetry:
                phases: PhaseTimer,
                gauges: Callable[[], Dict[str, float]],
                log_interval_seconds: float, total_env_steps: int, env_steps: int,
-               start_time: float, show_progress: bool):
+               start_time: float, show_progress: bool,
+               score_to_hns: Optional[Callable[[float], Optional[float]]] = None):
     """Args:
       writer: where rows go.
       episode_writer: where each finished episode goes.
@@ -102,6 +103,10 @@ class Telemetry:
       total_env_steps, env_steps: the bar's end and start.
       start_time: `time.monotonic()` when the run began (`wall_seconds` counts from it).
       show_progress: a tqdm bar on the terminal; False logs one line per row instead.
+      score_to_hns: the human-normalised score of a real game score
+        (`envs.atari_scores.normalizer(env_id)`); with it, rows get a
+        `recent_human_normalized_score` column and the summary shows it. None (non-Atari
+        tasks): no such column.
     """
     self._writer = writer
     self._episode_writer = episode_writer
@@ -112,6 +117,7 @@ class Telemetry:
     self._interval = log_interval_seconds
     self._start_time = start_time
     self._show_progress = show_progress
+    self._score_to_hns = score_to_hns
     self._window = _Window(env_steps)
     self._bar = tqdm.tqdm(total=total_env_steps, initial=env_steps, unit="step",
                           disable=not show_progress, dynamic_ncols=True, smoothing=0.1)
@@ -152,12 +158,19 @@ class Telemetry:
         episodes=len(finished),
         steps_per_second=(env_steps - window.start_steps) / elapsed,
         rss_mb=psutil.Process().memory_info().rss / 2**20)
+    hns = None
+    if self._score_to_hns is not None:
+      # Always set (None until a game ends), so the column is in the CSV header from row one.
+      hns = None if row["recent_episode_return"] is None else self._score_to_hns(
+          row["recent_episode_return"])
+      row["recent_human_normalized_score"] = hns
     row.update(self._gauges())
     row.update(self._phases.fractions(elapsed))
     self._writer.write(row)
     recent = row["recent_episode_return"]
     summary = (f"score={math.nan if recent is None else recent:.2f} "
-               f"(last {len(self._recent)} games) "
+               + ("" if hns is None else f"hns={hns:.3f} ")
+               + f"(last {len(self._recent)} games) "
                f"sps={row['steps_per_second']:.0f} loss={row.get('loss', math.nan):.3f} "
                f"lag={row.get('policy_lag', math.nan):.2f}")
     if self._show_progress:

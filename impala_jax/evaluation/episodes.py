@@ -1,0 +1,192 @@
+"""Whole games with the evaluation settings, and their summary.
+
+Training on Atari ends an episode at every life loss and clips rewards (the paper's Table G.1);
+evaluation plays the game as the reference scores were measured: whole games (all lives,
+`episodic_life=False`), unclipped rewards (`reward_clip=False`), up to 30 no-op actions at the
+start of each game, games capped at 27,000 agent steps = 108,000 frames (EnvPool's default,
+unless the run set `max_episode_steps`). Frame stack, action repeat, frame size and sticky
+actions stay those of training (the network was trained on them). Other tasks have no such
+settings: they play exactly as in training.
+
+`play_episodes` runs K environments in one synchronous EnvPool and plays a fixed set of games:
+environment i plays the first `N // K` (+1 for the first `N % K`) games of its own seed, so the
+games played depend on the seed and K only, never on timing, and short games are not
+over-represented. The LSTM state (if any) is kept per environment across steps and zeroed at
+the first step of each game; actions are sampled from the policy, or its mode (`greedy`).
+(Training with `episodic_life` also zeroed it after every life loss, where a training episode
+ended; evaluation does not: there a whole game is one episode.)
+"""
+
+import dataclasses
+import statistics
+import time
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
+
+import envpool
+import jax
+import numpy as np
+
+from impala_jax import config as config_lib
+from impala_jax import envs
+from impala_jax import networks
+from impala_jax.envs import atari_scores
+from impala_jax.envs import envpool_envs
+
+# The paper's evaluation: a random number of no-ops (1 to 30) at the start of each game.
+EVAL_NOOP_MAX = 30
+
+
+class Episode(NamedTuple):
+  """One finished game.
+
+  Attributes:
+    env_index: the environment (of the evaluation pool) that played it.
+    episode_return: the game's real score (unclipped, all lives).
+    episode_length: agent steps (Atari frames = this × frame_skip, no-ops excluded).
+  """
+
+  env_index: int
+  episode_return: float
+  episode_length: int
+
+
+class EvaluationResult(NamedTuple):
+  """Attributes:
+    episodes: the games, ordered by environment, then by finish.
+    recorded_frames: frames handed to `on_frame` (0 without it).
+    agent_steps: agent steps taken by the whole pool.
+    seconds: wall time.
+  """
+
+  episodes: List[Episode]
+  recorded_frames: int
+  agent_steps: int
+  seconds: float
+
+
+def evaluation_env_config(env_config: config_lib.EnvConfig, *, num_envs: int, seed: int,
+                          noop_max: int = EVAL_NOOP_MAX) -> config_lib.EnvConfig:
+  """The training `EnvConfig` with the evaluation settings (module doc); one synchronous pool."""
+  return dataclasses.replace(env_config, num_envs=num_envs, batch_size=None, seed=seed,
+                             episodic_life=False, reward_clip=False, noop_max=noop_max)
+
+
+def make_act_fn(network: networks.ImpalaNetwork, greedy: bool):
+  """`act(params, observation [K, ...], first [K], core_state, key) -> (action, core_state)`.
+
+  The network zeroes the core state where `first` is True before the step (`cores.LSTMCore`).
+  """
+
+  def act(params, observation, first, core_state, key):
+    output, core_state = network.apply(params, observation[None], first[None], core_state)
+    policy = jax.tree.map(lambda x: x[0], output.policy)
+    action = policy.mode() if greedy else policy.sample(key)
+    return action, core_state
+
+  return jax.jit(act)
+
+
+def _quotas(num_episodes: int, num_envs: int) -> np.ndarray:
+  return np.array([num_episodes // num_envs + (i < num_episodes % num_envs)
+                   for i in range(num_envs)])
+
+
+def play_episodes(network: networks.ImpalaNetwork, params: Any,
+                  env_config: config_lib.EnvConfig, num_episodes: int, *,
+                  greedy: bool = False, seed: int = 0,
+                  on_frame: Optional[Callable[[np.ndarray], None]] = None) -> EvaluationResult:
+  """Plays `num_episodes` whole games with `env_config.num_envs` environments.
+
+  Args:
+    network, params: the policy.
+    env_config: the environment, usually `evaluation_env_config(...)`; its `num_envs`
+      environments play in one synchronous pool, seeded `seed + i` by EnvPool.
+    num_episodes: games to play, >= 1.
+    greedy: take the policy's mode instead of sampling from it.
+    seed: seeds action sampling (the environments' seed is `env_config.seed`).
+    on_frame: called with each `[H, W, 3]` uint8 RGB frame of environment 0's first game
+      (EnvPool's `render`): its first observation, then one per agent step up to the last.
+      Frames are streamed, not kept: a whole Atari game can be 27,000 of them.
+
+  Returns:
+    An `EvaluationResult` with exactly `num_episodes` episodes.
+  """
+  if num_episodes < 1:
+    raise ValueError(f"num_episodes must be >= 1, got {num_episodes}.")
+  num_envs = env_config.num_envs
+  if num_envs > num_episodes:
+    raise ValueError(f"num_envs ({num_envs}) must be <= num_episodes ({num_episodes}): an "
+                     "environment without a game to play would only cost time.")
+  start = time.monotonic()
+  kwargs = envpool_envs.envpool_kwargs(env_config)
+  if on_frame is not None:
+    kwargs["render_mode"] = "rgb_array"
+  env = envpool.make(env_config.env_id, env_type="gymnasium", **kwargs)
+  try:
+    spec = envs.env_spec(env)
+    act = make_act_fn(network, greedy)
+    quotas = _quotas(num_episodes, num_envs)
+    played = np.zeros(num_envs, int)
+    tracker = envs.EpisodeTracker(num_envs, spec.is_atari)
+    episodes: List[Episode] = []
+    key = jax.random.PRNGKey(seed)
+    core_state = network.initial_state(num_envs)
+    observation, _ = env.reset()
+    first = np.ones(num_envs, bool)
+    recording = on_frame is not None
+    recorded = 0
+    if recording:
+      on_frame(_render(env))
+      recorded += 1
+    agent_steps = 0
+    while len(episodes) < num_episodes:
+      key, step_key = jax.random.split(key)
+      action, core_state = act(params, observation, first, core_state, step_key)
+      observation, reward, terminated, truncated, info = env.step(
+          envs.to_env_action(np.asarray(action), spec))
+      agent_steps += num_envs
+      if recording:
+        on_frame(_render(env))
+        recorded += 1
+      env_ids = np.asarray(info["env_id"])
+      if not np.array_equal(env_ids, np.arange(num_envs)):  # Rows are environments, in order.
+        raise RuntimeError(f"A synchronous EnvPool answered for environments {env_ids}.")
+      # With episodic_life=False a game ends exactly at terminated | truncated, and the next
+      # step is EnvPool's reset: the first step of the next game.
+      first = np.asarray(terminated, bool) | np.asarray(truncated, bool)
+      finished = tracker.update(env_ids, reward, terminated, truncated, info)
+      if len(finished) != int(first.sum()):
+        raise RuntimeError("EpisodeTracker and the environment disagree on episode ends; "
+                           "is episodic_life on?")
+      for env_index, stats in zip(env_ids[first], finished):
+        if played[env_index] < quotas[env_index]:
+          played[env_index] += 1
+          episodes.append(Episode(int(env_index), stats.episode_return, stats.episode_length))
+        if env_index == 0:
+          recording = False
+  finally:
+    env.close()
+  episodes.sort(key=lambda e: e.env_index)  # Stable: each environment's games stay in order.
+  return EvaluationResult(episodes, recorded, agent_steps, time.monotonic() - start)
+
+
+def _render(env) -> np.ndarray:
+  frame = np.asarray(env.render(env_ids=[0]))
+  return frame[0] if frame.ndim == 4 else frame
+
+
+def summarize(env_id: str, returns: Sequence[float]) -> Dict[str, Any]:
+  """Mean, median, min, max and standard deviation of real scores; on Atari-57 also of their
+  human-normalised scores (`"human_normalized_score"`, None elsewhere)."""
+  returns = [float(r) for r in returns]
+  if not returns:
+    raise ValueError("No episodes to summarise.")
+
+  def stats(values: List[float]) -> Dict[str, float]:
+    return dict(mean=statistics.fmean(values), median=statistics.median(values),
+                min=min(values), max=max(values),
+                std=statistics.pstdev(values) if len(values) > 1 else 0.0)
+
+  hns = [atari_scores.human_normalized_score(env_id, r) for r in returns]
+  return dict(score=stats(returns),
+              human_normalized_score=None if hns[0] is None else stats(hns))

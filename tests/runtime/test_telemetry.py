@@ -1,0 +1,57 @@
+"""Tests for impala_jax.runtime.telemetry: the human-normalised score column on Atari."""
+
+import queue
+import time
+
+from impala_jax import types
+from impala_jax.envs import atari_scores
+from impala_jax.runtime import telemetry as telemetry_lib
+
+
+class _Rows:
+
+  def __init__(self):
+    self.rows = []
+
+  def write(self, row, step=None):
+    del step
+    self.rows.append(dict(row))
+
+
+class _Episodes:
+
+  def write(self, env_steps, wall_seconds, episodes):
+    pass
+
+
+def _telemetry(score_to_hns):
+  rows = _Rows()
+  episodes = queue.SimpleQueue()
+  telemetry = telemetry_lib.Telemetry(
+      rows, episode_writer=_Episodes(), episodes=episodes,
+      phases=telemetry_lib.PhaseTimer([]), gauges=dict, log_interval_seconds=0.0,
+      total_env_steps=100, env_steps=0, start_time=time.monotonic(), show_progress=False,
+      score_to_hns=score_to_hns)
+  return telemetry, rows.rows, episodes
+
+
+def test_atari_rows_carry_the_hns_of_the_recent_score_from_the_first_row():
+  telemetry, rows, episodes = _telemetry(atari_scores.normalizer("Pong-v5"))
+  telemetry.record({"loss": 1.0}, env_steps=10)  # No game finished yet.
+  episodes.put(types.EpisodeStats(episode_return=-21.0, episode_length=800))
+  episodes.put(types.EpisodeStats(episode_return=-19.0, episode_length=900))
+  telemetry.record({"loss": 1.0}, env_steps=20)
+  telemetry.flush(20)
+  assert "recent_human_normalized_score" in rows[0]  # In the CSV header from the start.
+  assert rows[0]["recent_human_normalized_score"] is None
+  assert rows[1]["recent_episode_return"] == -20.0
+  assert rows[1]["recent_human_normalized_score"] == (
+      atari_scores.human_normalized_score("Pong-v5", -20.0))
+
+
+def test_other_tasks_have_no_hns_column():
+  telemetry, rows, episodes = _telemetry(atari_scores.normalizer("CartPole-v1"))
+  episodes.put(types.EpisodeStats(episode_return=30.0, episode_length=30))
+  telemetry.record({"loss": 1.0}, env_steps=10)
+  telemetry.flush(10)
+  assert rows and all("recent_human_normalized_score" not in row for row in rows)
