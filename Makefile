@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: train test test-all venv clean
+.PHONY: train test test-all venv clean redis-server
 
 $(STAMP): requirements.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,16 +16,24 @@ $(STAMP): requirements.txt setup.py
 
 venv: $(STAMP)
 
+# The tests start private redis-server processes (the trajectory store); install the server
+# from the system's packages when it is missing (Debian/Ubuntu; root or sudo).
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "Installing redis-server (apt-get)..."; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+
 # Pong with the paper's Atari settings (experiments/atari.py defaults); progress on the terminal.
 train: $(STAMP)
 	$(PY) experiments/atari.py $(ARGS)
 
 # The CI suite: everything except tests marked `slow` (long learning runs).
-test: $(STAMP)
+test: $(STAMP) redis-server
 	$(PY) -m pytest tests -m "not slow" $(ARGS)
 
 # Everything, slow learning runs included.
-test-all: $(STAMP)
+test-all: $(STAMP) redis-server
 	$(PY) -m pytest tests $(ARGS)
 
 clean:

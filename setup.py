@@ -26,16 +26,21 @@ setuptools.setup(
         "psutil>=5.9",
         # Remote environment hosts stream to the inference server over gRPC.
         "grpcio>=1.60",
+        # The trajectory store between actor hosts and the learner (a redis-server to talk to).
+        "redis>=5.0",
+        # impala_jax.evaluation.video: gif and PNG frames (mp4 also needs imageio-ffmpeg).
+        "imageio>=2.30",
     ],
     extras_require={
         # JAX's CUDA 12 wheels (bundled CUDA/cuDNN); see BUILD.md.
         "cuda": ["jax[cuda12]>=0.10,<0.11"],
         # Cloud TPU VMs.
         "tpu": ["jax[tpu]>=0.10,<0.11"],
-        # experiments/plot_metrics.py and the learning benchmark's curves.
-        "experiments": ["matplotlib>=3.8"],
+        # experiments/plot_metrics.py and the learning benchmark's curves; the ffmpeg binary
+        # (H.264) behind experiments/evaluate.py --video=*.mp4.
+        "experiments": ["matplotlib>=3.8", "imageio-ffmpeg>=0.4.9"],
         # The tests: rlax and distrax are the independent cross-checks of the math.
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "matplotlib>=3.8", "rlax>=0.1.9",
-                "distrax>=0.1.5", "scipy>=1.10"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "matplotlib>=3.8", "imageio-ffmpeg>=0.4.9",
+                "rlax>=0.1.9", "distrax>=0.1.5", "scipy>=1.10"],
     },
 )

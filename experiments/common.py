@@ -24,6 +24,7 @@ def define_flags(defaults: Dict[str, Any]) -> None:
   _define_optimizer_flags(defaults)
   _define_run_flags(defaults)
   _define_remote_flags()
+  _define_store_flags()
 
 
 def _define_env_flags(d: Dict[str, Any]) -> None:
@@ -124,6 +125,31 @@ def _define_remote_flags() -> None:
                      "arrives for this long (all actors and hosts gone).")
 
 
+def _define_store_flags() -> None:
+  flags.DEFINE_string("trajectory_store", "", "Learn from (or, in actor_host.py, feed) a Redis "
+                      "trajectory store: redis://HOST:PORT/DB; empty: none. The password comes "
+                      "from $REDIS_PASSWORD or --redis_password_file, never the URL.")
+  flags.DEFINE_string("redis_password_file", None, "File holding the Redis password.")
+  flags.DEFINE_string("redis_key_prefix", "impala_jax", "Namespace of this run's Redis keys.")
+  flags.DEFINE_integer("store_capacity", 256, "Unrolls the store keeps; older ones are "
+                       "dropped and counted.")
+  flags.DEFINE_integer("max_policy_lag", 20, "The learner drops unrolls acted more than this "
+                       "many updates ago.")
+  flags.DEFINE_float("params_publish_interval_seconds", 0.2, "Publish parameters to the store "
+                     "at most this often.")
+
+
+def store_config_from_flags() -> Optional[config_lib.TrajectoryStoreConfig]:
+  f = flags.FLAGS
+  if not f.trajectory_store:
+    return None
+  return config_lib.TrajectoryStoreConfig(
+      url=f.trajectory_store, password_file=f.redis_password_file,
+      key_prefix=f.redis_key_prefix, capacity=f.store_capacity,
+      max_policy_lag=f.max_policy_lag,
+      publish_interval_seconds=f.params_publish_interval_seconds)
+
+
 def remote_config_from_flags() -> Optional[config_lib.RemoteEnvConfig]:
   f = flags.FLAGS
   if not f.listen:
@@ -141,6 +167,16 @@ def env_config_from_flags() -> config_lib.EnvConfig:
       env_id=f.env, num_envs=f.num_envs, batch_size=f.env_batch_size or None,
       num_threads=f.env_threads, seed=f.seed, max_episode_steps=f.max_episode_steps or None,
       image_size=f.image_size)
+
+
+def config_from_flags_without_store() -> config_lib.TrainConfig:
+  """The training config with the store left out (an actor host's: it *is* the actors)."""
+  saved = flags.FLAGS.trajectory_store
+  flags.FLAGS.trajectory_store = ""
+  try:
+    return config_from_flags()
+  finally:
+    flags.FLAGS.trajectory_store = saved
 
 
 def config_from_flags() -> config_lib.TrainConfig:
@@ -169,7 +205,8 @@ def config_from_flags() -> config_lib.TrainConfig:
       seed=f.seed, logdir=f.logdir, resume=f.resume,
       checkpoint_interval_minutes=f.checkpoint_interval_minutes,
       log_interval_seconds=f.log_interval_seconds, remote_envs=remote_config_from_flags(),
-      max_batch_wait_minutes=f.max_batch_wait_minutes)
+      max_batch_wait_minutes=f.max_batch_wait_minutes,
+      trajectory_store=store_config_from_flags())
 
 
 class _QuietLibraries:
@@ -188,8 +225,9 @@ def main(argv) -> None:
     config = config_from_flags()
     logging.info("JAX devices: %s", jax.local_devices())
     run = training.TrainingRun(config, show_progress=flags.FLAGS.progress)
-  except ValueError as e:
-    # Bad input (flags, env id, device count, existing logdir): a clear message, exit code 2.
+  except (ValueError, PermissionError, ConnectionError) as e:
+    # Bad input (flags, env id, device count, existing logdir, a secret or server that is
+    # wrong or unreachable): a clear message, exit code 2.
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   summary = run.run()

@@ -244,6 +244,39 @@ class RemoteEnvConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TrajectoryStoreConfig:
+  """A Redis trajectory store between actor hosts and the learner (`distributed`).
+
+  Attributes:
+    url: redis://HOST:PORT/DB (no password in it).
+    password_file: file holding the Redis password; None reads $REDIS_PASSWORD.
+    key_prefix: the keys' namespace, so several runs can share one server.
+    capacity: unrolls the store keeps; beyond it the oldest are dropped (and counted).
+    max_policy_lag: the learner drops unrolls acted more than this many updates ago (and
+      counts them): V-trace corrects some lag, not any.
+    publish_interval_seconds: the learner publishes parameters at most this often.
+  """
+
+  url: str = "redis://127.0.0.1:6379/0"
+  password_file: Optional[str] = None
+  key_prefix: str = "impala_jax"
+  capacity: int = 256
+  max_policy_lag: int = 20
+  publish_interval_seconds: float = 0.2
+
+  def __post_init__(self):
+    _require(self.url.startswith("redis://"),
+             f"The trajectory store must be a redis://HOST:PORT/DB URL, got {self.url!r}.")
+    _require(self.capacity >= 1, f"capacity must be >= 1, got {self.capacity}.")
+    _require(self.max_policy_lag >= 0,
+             f"max_policy_lag must be >= 0, got {self.max_policy_lag}.")
+    _require(self.publish_interval_seconds >= 0, "publish_interval_seconds must be >= 0, got "
+             f"{self.publish_interval_seconds}.")
+    _require(bool(self.key_prefix) and ":" not in self.key_prefix,
+             f"key_prefix must be a non-empty name without ':', got {self.key_prefix!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """A whole training run: what `experiments/` builds from flags and `runtime.train` runs.
 
@@ -271,6 +304,8 @@ class TrainConfig:
       num_actor_threads may be 0 (all environments remote).
     max_batch_wait_minutes: stop the run with an error when no batch of unrolls arrives for
       this long (every actor and host gone).
+    trajectory_store: learn from a Redis store fed by actor hosts (`TrajectoryStoreConfig`)
+      instead of local actors; then num_actor_threads must be 0.
   """
 
   env: EnvConfig = EnvConfig()
@@ -292,9 +327,16 @@ class TrainConfig:
   log_interval_seconds: float = 10.0
   remote_envs: Optional[RemoteEnvConfig] = None
   max_batch_wait_minutes: float = 10.0
+  trajectory_store: Optional[TrajectoryStoreConfig] = None
 
   def __post_init__(self):
-    minimum_actors = 0 if self.remote_envs is not None else 1
+    if self.trajectory_store is not None:
+      _require(self.num_actor_threads == 0 and self.remote_envs is None,
+               "With a trajectory store the learner has no actors of its own: use "
+               f"--num_actor_threads=0 (got {self.num_actor_threads}) and no --listen; run "
+               "experiments/actor_host.py for the actors.")
+    minimum_actors = 0 if (self.remote_envs is not None or
+                           self.trajectory_store is not None) else 1
     _require(self.num_actor_threads >= minimum_actors,
              f"num_actor_threads must be >= {minimum_actors}, got {self.num_actor_threads}"
              + ("" if minimum_actors == 0 else " (0 needs remote env hosts: --listen)") + ".")

@@ -9,9 +9,10 @@ A `recorder.StepRecorder` keeps the bookkeeping: episode starts, real scores, an
 unrolls with the bootstrap overlap (see `impala_jax.types`).
 """
 
+import dataclasses
 import queue
 import time
-from typing import Callable, Optional, Protocol
+from typing import Callable, List, Optional, Protocol
 
 import numpy as np
 
@@ -30,6 +31,19 @@ class InferenceClient(Protocol):
   def act(self, env_ids: np.ndarray, observation: np.ndarray,
           first: np.ndarray) -> inference.ActResult:
     ...
+
+
+def env_configs(config: config_lib.TrainConfig,
+                      update_step: int) -> List[config_lib.EnvConfig]:
+  """One EnvConfig per actor thread, with seeds that never overlap.
+
+  EnvPool seeds environment i of a pool with `seed + i`: thread k starts at
+  `k · num_envs`, and a session resumed at update u starts at `u · total_envs`, so no two
+  environments of any session of the run share a seed.
+  """
+  base = config.env.seed + config.total_envs * update_step
+  return [dataclasses.replace(config.env, seed=base + k * config.env.num_envs)
+          for k in range(config.num_actor_threads)]
 
 
 class Actor(worker.Worker):

@@ -5,6 +5,8 @@
                    ▼                     │ parameters (atomic swap, versioned)
              unroll queue ─────▶ LearnerLoop ─▶ Learner (pmapped update) ─▶ checkpoints, metrics
 
+(or, with a trajectory store, Redis in place of the actors and the queue: `runtime.sources`).
+
 The learner loop runs in the calling thread. SIGINT/SIGTERM (when called from the main thread)
 ask it to stop; it then writes a final checkpoint and joins every thread. A dead actor or
 inference thread, or a non-finite loss, stops the run with an exception that names the cause,
@@ -18,26 +20,24 @@ import os
 import queue
 import threading
 import time
-from typing import Any, Dict, List, NamedTuple
+from typing import List, NamedTuple
 
 from absl import logging
 import jax
-import numpy as np
 
 from impala_jax import config as config_lib
 from impala_jax import envs
 from impala_jax import networks
 from impala_jax import types
-from impala_jax.acting import actor as actor_lib
-from impala_jax.acting import inference
 from impala_jax.distributed import env_server
+from impala_jax.distributed import trajectory_store
 from impala_jax.learning import learner as learner_lib
 from impala_jax.runtime import checkpoint as checkpoint_lib
 from impala_jax.runtime import learner_loop
 from impala_jax.runtime import metrics as metrics_lib
 from impala_jax.runtime import signals
+from impala_jax.runtime import sources
 from impala_jax.runtime import telemetry as telemetry_lib
-from impala_jax.runtime import worker
 
 
 class RunSummary(NamedTuple):
@@ -47,30 +47,6 @@ class RunSummary(NamedTuple):
   steps_per_second: float  # agent steps consumed by the learner per second, this session
   episode_returns: List[float]  # real scores of all episodes finished this session, in order
   stop_reason: str  # "completed" | "signal"
-
-
-def session_seed(seed: int, update_step: int) -> int:
-  """The action-sampling seed of a session that starts at `update_step`.
-
-  A resumed run must not replay the first session's action noise: (seed, update_step) seeds
-  an independent stream (numpy's SeedSequence), equal to `seed`'s own for a fresh run.
-  """
-  if update_step == 0:
-    return seed
-  return int(np.random.SeedSequence([seed, update_step]).generate_state(1)[0])
-
-
-def actor_env_configs(config: config_lib.TrainConfig,
-                      update_step: int) -> List[config_lib.EnvConfig]:
-  """One EnvConfig per actor thread, with seeds that never overlap.
-
-  EnvPool seeds environment i of a pool with `seed + i`: thread k starts at
-  `k · num_envs`, and a session resumed at update u starts at `u · total_envs`, so no two
-  environments of any session of the run share a seed.
-  """
-  base = config.env.seed + config.total_envs * update_step
-  return [dataclasses.replace(config.env, seed=base + k * config.env.num_envs)
-          for k in range(config.num_actor_threads)]
 
 
 class TrainingRun:
@@ -91,6 +67,10 @@ class TrainingRun:
     if config.remote_envs is not None:  # Fail now, not when the first host connects.
       env_server.read_token(config.remote_envs)
       env_server.check_tls_files(config.remote_envs)
+    self._store = None
+    if config.trajectory_store is not None:  # A wrong password or URL fails here.
+      self._store = trajectory_store.RedisStore(config.trajectory_store)
+      self._store.check()
     self._spec = envs.env_spec(config.env)
     self._network = networks.network_for_spec(config.network, self._spec)
     checkpoint_dir = os.path.join(config.logdir, "checkpoints")
@@ -117,33 +97,25 @@ class TrainingRun:
       json.dump(dataclasses.asdict(config), f, indent=2)
 
     episodes: "queue.SimpleQueue[types.EpisodeStats]" = queue.SimpleQueue()
-    unroll_queue: "queue.Queue[types.Unroll]" = queue.Queue(maxsize=config.unroll_queue_capacity)
-    server = self._inference_server(learner)
-    actors = [
-        actor_lib.Actor(i, env_config, server, unroll_queue, config.unroll_length,
-                        on_episode=episodes.put)
-        for i, env_config in enumerate(actor_env_configs(config, learner.update_step))]
-    remote = None
-    if config.remote_envs is not None:
-      remote = env_server.make_env_server(config, self._spec, server, unroll_queue,
-                                          episodes.put, self._stop.is_set)
-    batches = learner_loop.UnrollQueueSource(
-        unroll_queue, config.batch_size, self._stop.is_set, [server, *actors],
-        max_wait_seconds=60 * config.max_batch_wait_minutes,
-        describe_sources=lambda: _describe_sources(actors, remote))
+    if config.trajectory_store is not None:
+      acting = sources.store_acting(config, self._spec, self._network, learner, self._store,
+                                    episodes, self._stop)
+    else:
+      acting = sources.local_acting(config, self._spec, self._network, learner, episodes,
+                                    self._stop)
     writer = metrics_lib.MetricsWriter(config.logdir)
     episode_writer = metrics_lib.EpisodeWriter(config.logdir)
     telemetry = telemetry_lib.Telemetry(
         writer, episode_writer=episode_writer, episodes=episodes,
-        phases=telemetry_lib.PhaseTimer(
-            [("learner", lambda: learner.seconds, 1), ("learner", lambda: batches.seconds, 1)] +
-            [("actor", lambda a=a: a.seconds, len(actors)) for a in actors]),
-        gauges=lambda: _gauges(learner, server, unroll_queue, remote),
+        phases=telemetry_lib.PhaseTimer([("learner", lambda: learner.seconds, 1)] +
+                                        acting.phases),
+        gauges=lambda: dict(updates=learner.update_step, **acting.gauges()),
         log_interval_seconds=config.log_interval_seconds,
         total_env_steps=config.total_env_steps, env_steps=env_steps, start_time=start_time,
-        show_progress=self._show_progress)
+        show_progress=self._show_progress,
+        score_to_hns=envs.atari_scores.normalizer(config.env.env_id))
     loop = learner_loop.LearnerLoop(
-        batches=batches, learner=learner, publish=server.update_params, telemetry=telemetry,
+        batches=acting.batches, learner=learner, publish=acting.publish, telemetry=telemetry,
         checkpoints=checkpoint_lib.CheckpointSchedule(
             checkpointer, learner, config.checkpoint_interval_minutes,
             {"seed": config.seed, "config": dataclasses.asdict(config)}),
@@ -151,15 +123,7 @@ class TrainingRun:
         env_steps=env_steps)
     try:
       with signals.SignalStop(self._stop), contextlib.ExitStack() as threads:
-        server.start()
-        threads.callback(server.close)
-        if remote is not None:  # Closed before the inference server: streams end first.
-          remote.start()
-          threads.callback(remote.close)
-        for actor in actors:
-          actor.start()
-        # Actors stop before the server: one blocked in `act` still gets its answer.
-        threads.callback(worker.close_all, actors)
+        acting.start(threads)
         loop_start = time.monotonic()
         result = loop.run()
     finally:
@@ -170,16 +134,6 @@ class TrainingRun:
     return RunSummary(result.env_steps, learner.update_step, wall,
                       (result.env_steps - start_steps) / max(wall, 1e-9),
                       telemetry.episode_returns, result.stop_reason)
-
-  def _inference_server(self, learner: learner_lib.Learner) -> inference.InferenceServer:
-    config = self.config
-    return inference.InferenceServer(
-        self._network.apply, learner.params(), self._network.initial_state(1),
-        num_envs=config.inference_envs, batch_sizes=inference_batch_sizes(config),
-        seed=session_seed(config.seed, learner.update_step),
-        batch_wait_ms=config.inference_batch_wait_ms,
-        expected_requests=config.num_actor_threads,
-        initial_version=learner.update_step)
 
   def _maybe_restore(self, learner: learner_lib.Learner,
                      checkpointer: checkpoint_lib.Checkpointer) -> int:
@@ -194,46 +148,6 @@ class TrainingRun:
     learner.restore(state)
     logging.info("Resumed from update %d (%d env steps).", latest, metadata["env_steps"])
     return int(metadata["env_steps"])
-
-
-def inference_batch_sizes(config: config_lib.TrainConfig) -> List[int]:
-  """The padded sizes a policy call may have: each compiles once.
-
-  Local actors ask for one recv batch at a time, so a call serves 1..num_actors of them: k ×
-  the recv batch. Remote hosts bring other sizes: powers of two up to all environments.
-  """
-  recv_batch = config.env.recv_batch_size
-  sizes = {recv_batch * k for k in range(1, config.num_actor_threads + 1)}
-  if config.remote_envs is not None:
-    size = 8
-    while size < config.inference_envs:
-      sizes.add(size)
-      size *= 2
-    sizes.add(config.inference_envs)
-  return sorted(sizes)
-
-
-def _describe_sources(actors, remote) -> str:
-  alive = sum(a.is_alive() for a in actors)
-  text = f"{alive} of {len(actors)} actor threads alive"
-  if remote is not None:
-    text += f", {remote.stats().hosts} env hosts connected"
-  return text
-
-
-def _gauges(learner: learner_lib.Learner, server: inference.InferenceServer,
-            unroll_queue: "queue.Queue", remote) -> Dict[str, Any]:
-  stats = server.stats()
-  gauges = dict(updates=learner.update_step, queue_size=unroll_queue.qsize(),
-                inference_batch_size=stats.mean_batch_size,
-                inference_requests_per_batch=stats.mean_requests_per_batch,
-                inference_latency_ms=stats.mean_latency_ms)
-  if remote is not None:
-    hosts = remote.stats()
-    gauges.update(remote_hosts=hosts.hosts, remote_envs=hosts.remote_envs,
-                  remote_env_steps=hosts.remote_env_steps,
-                  rejected_messages=hosts.rejected, evicted_hosts=hosts.evicted)
-  return gauges
 
 
 def train(config: config_lib.TrainConfig, show_progress: bool = True) -> RunSummary:

@@ -1,0 +1,218 @@
+"""The learner's side of the Redis trajectory store: batches in, parameters out.
+
+`StoreBatchSource` is a `runtime.learner_loop.BatchSource`: it pops whole batches (one round
+trip for the rest after the first unroll), decodes each blob against the learner's own schema
+(a blob that does not match is counted and skipped, never crashed on), and drops unrolls whose
+parameters are more than `max_policy_lag` updates old (or newer than the learner: left over
+from a run that got further before it was restarted from a checkpoint). `StorePublisher`
+writes the parameters at most every `publish_interval_seconds`.
+"""
+
+import os
+import socket
+import time
+import uuid
+from typing import Any, Callable, List, Optional, Sequence
+
+from absl import logging
+import jax
+import numpy as np
+
+from impala_jax import types
+from impala_jax.distributed import codecs
+from impala_jax.distributed import trajectory_store
+from impala_jax.distributed import wire
+from impala_jax.runtime import worker
+
+_WAITING_LOG_SECONDS = 30.0
+LEASE_SECONDS = 30
+
+
+class StoreBatchSource:
+  """Batches of `batch_size` fresh, well-formed unrolls from the store."""
+
+  def __init__(self, store: trajectory_store.RedisStore, batch_size: int, schema,
+               initial_core_state: types.CoreState, max_policy_lag: int,
+               current_version: Callable[[], int], stop_requested: Callable[[], bool],
+               max_wait_seconds: float, workers: Sequence[worker.Worker] = (),
+               on_episode: Callable[[types.EpisodeStats], None] = lambda e: None,
+               on_wait: Callable[[], None] = lambda: None):
+    self._store = store
+    self._batch_size = batch_size
+    self._schema = schema
+    self._initial_core_state = initial_core_state
+    self._max_policy_lag = max_policy_lag
+    self._current_version = current_version
+    self._stop_requested = stop_requested
+    self._max_wait_seconds = max_wait_seconds
+    self._workers = list(workers)
+    self._on_episode = on_episode
+    self._on_wait = on_wait
+    self.stale = 0  # Unrolls dropped for their age.
+    self.rejected = 0  # Blobs that did not match the schema.
+    self.bytes_received = 0
+    self.unrolls_received = 0
+    self.seconds = {"batch_wait": 0.0}
+
+  def next_batch(self) -> Optional[List[types.Unroll]]:
+    start = last_unroll = last_warning = time.perf_counter()
+    unrolls: List[types.Unroll] = []
+    try:
+      while len(unrolls) < self._batch_size:
+        worker.raise_if_failed(self._workers)
+        self._on_wait()
+        blobs = trajectory_store.retrying(
+            lambda: self._store.pop_unrolls(self._batch_size - len(unrolls)),
+            self._stop_requested, "popping unrolls")
+        if blobs is None:  # Stop requested.
+          return None
+        fresh = self._fresh(blobs)
+        unrolls.extend(fresh)
+        self._collect_episodes()
+        now = time.perf_counter()
+        if fresh:
+          last_unroll = now
+        elif now - last_unroll > self._max_wait_seconds:
+          raise TimeoutError(f"No fresh unroll in {self._store.url} for "
+                             f"{self._max_wait_seconds:.0f} s; are the actor hosts running?")
+        elif now - last_warning > _WAITING_LOG_SECONDS:
+          last_warning = now
+          logging.warning("Waiting for unrolls in %s: %d of %d for this batch.",
+                          self._store.url, len(unrolls), self._batch_size)
+      return unrolls
+    finally:
+      self.seconds["batch_wait"] += time.perf_counter() - start
+
+  def _collect_episodes(self) -> None:
+    try:
+      blobs = self._store.pop_episodes()
+    except trajectory_store.StoreUnavailable:
+      return  # Collected with a later batch.
+    for blob in blobs:
+      try:
+        episodes = codecs.decode_episodes(blob)
+      except wire.WireError as e:
+        self.rejected += 1
+        logging.warning("Rejected an episodes blob from %s: %s", self._store.url, e)
+        continue
+      for episode in episodes:
+        self._on_episode(episode)
+
+  def _fresh(self, blobs: List[bytes]) -> List[types.Unroll]:
+    version = self._current_version()
+    fresh = []
+    for blob in blobs:
+      self.bytes_received += len(blob)
+      try:
+        unroll = codecs.decode_unroll(blob, self._schema, self._initial_core_state)
+      except wire.WireError as e:
+        self.rejected += 1
+        logging.warning("Rejected a blob from %s: %s", self._store.url, e)
+        continue
+      self.unrolls_received += 1
+      oldest, newest = int(unroll.policy_version.min()), int(unroll.policy_version.max())
+      if oldest < version - self._max_policy_lag or newest > version:
+        self.stale += 1
+        if self.stale <= 3 or self.stale % 1000 == 0:
+          logging.warning("Dropped stale unroll #%d: acted by parameters v%d..v%d, the learner "
+                          "is at v%d (max lag %d).", self.stale, oldest, newest, version,
+                          self._max_policy_lag)
+        continue
+      fresh.append(unroll)
+    return fresh
+
+
+class StorePublisher:
+  """`publish(params, version)` for the learner loop: to the store, at most every interval.
+
+  A publish that the interval holds back is kept and written by the next `publish` or
+  `flush`: the batch source flushes while it waits, so actors always get the learner's newest
+  parameters (else a learner that outran its actors would wait for fresh unrolls that its
+  actors, still on old parameters, can never make).
+  """
+
+  def __init__(self, store: trajectory_store.RedisStore, interval_seconds: float,
+               stop_requested: Callable[[], bool]):
+    self._store = store
+    self._interval = interval_seconds
+    self._stop_requested = stop_requested
+    self._last = -float("inf")
+    self._pending = None  # (params, version) held back by the interval.
+    self.bytes_published = 0
+
+  def publish(self, params: Any, version: int, force: bool = False) -> None:
+    self._pending = (params, version)
+    if force or time.monotonic() - self._last >= self._interval:
+      self.flush()
+
+  def flush(self) -> None:
+    if self._pending is None:
+      return
+    params, version = self._pending
+    self._pending = None
+    self._last = time.monotonic()
+    blob = codecs.encode_params(jax.device_get(params), version)
+    # A publish must not stall the learner through a Redis outage: try once, then next time.
+    try:
+      self._store.publish_params(blob, version)
+      self.bytes_published += len(blob)
+    except trajectory_store.StoreUnavailable as e:
+      logging.warning("Could not publish parameters v%d: %s", version, e)
+
+
+def unroll_schema_for(spec, unroll_length: int, initial_core_state):
+  """The schema of the unrolls this learner accepts (its own spec, T and network)."""
+  return codecs.unroll_schema(spec, unroll_length,
+                              jax.tree.map(np.asarray, initial_core_state))
+
+
+class LearnerLease(worker.Worker):
+  """Holds the store's learner key: one learner per key prefix, renewed in the background.
+
+  `acquire` waits up to `wait_seconds` for a previous holder's lease to run out (a learner
+  killed without a word leaves one for `LEASE_SECONDS`) and then fails with the holder's id.
+  The thread renews the lease; if it finds the key taken over, it fails (and the learner loop,
+  which checks it, stops the run).
+  """
+
+  def __init__(self, store: trajectory_store.RedisStore, lease_seconds: int = LEASE_SECONDS):
+    super().__init__(name="learner-lease", description="The learner lease")
+    self._store = store
+    self._lease = lease_seconds
+    self.learner_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+  def acquire(self, stop_requested: Callable[[], bool], wait_seconds: float) -> bool:
+    deadline = time.monotonic() + wait_seconds
+    warned = False
+    while not stop_requested():
+      holder = trajectory_store.retrying(
+          lambda: self._store.claim_learner(self.learner_id, self._lease), stop_requested,
+          "claiming the learner key")
+      if holder is None:
+        return not stop_requested()
+      if time.monotonic() > deadline:
+        raise RuntimeError(
+            f"Another learner ({holder}) is using the keys {self._store.prefix}:* in "
+            f"{self._store.url}; stop it, or give this run its own --redis_key_prefix.")
+      if not warned:
+        logging.warning("Learner %s holds %s; waiting up to %.0f s for its lease to end.",
+                        holder, self._store.url, wait_seconds)
+        warned = True
+      time.sleep(1.0)
+    return False
+
+  def _run(self) -> None:
+    while not self._stop.wait(self._lease / 3):
+      try:
+        if not self._store.renew_learner(self.learner_id, self._lease):
+          raise RuntimeError(f"Another learner took over {self._store.prefix}:* in "
+                             f"{self._store.url}; this one stops.")
+      except trajectory_store.StoreUnavailable:
+        continue  # Redis restarting: renew next time (the lease outlives a short outage).
+
+  def close(self) -> None:
+    super().close()
+    try:
+      self._store.release_learner(self.learner_id)
+    except trajectory_store.StoreUnavailable:
+      pass  # The lease runs out by itself.

@@ -1,0 +1,161 @@
+"""Where a run's unrolls come from and where its parameters go: the acting side, assembled.
+
+  local   actor threads (and remote env hosts over gRPC, with --listen) → the central
+          inference server → the bounded unroll queue; parameters go to the inference server
+  store   a Redis trajectory store fed by actor hosts (experiments/actor_host.py); parameters
+          go to the store
+
+Either is an `Acting`: a batch source for the learner loop, a publisher, the gauges and phase
+counters for telemetry, and `start(stack)`, which starts its threads and registers their
+`close` on the run's ExitStack (so they are joined when the run ends, however it ends).
+"""
+
+import contextlib
+import queue
+import threading
+from typing import Any, Callable, Dict, List, NamedTuple
+
+import numpy as np
+
+from impala_jax import config as config_lib
+from impala_jax import envs
+from impala_jax import types
+from impala_jax.acting import actor as actor_lib
+from impala_jax.acting import inference
+from impala_jax.distributed import env_server
+from impala_jax.distributed import store_learner
+from impala_jax.distributed import trajectory_store
+from impala_jax.runtime import learner_loop
+from impala_jax.runtime import telemetry
+from impala_jax.runtime import worker
+
+
+class Acting(NamedTuple):
+  batches: learner_loop.BatchSource
+  publish: Callable[[Any, int], None]
+  gauges: Callable[[], Dict[str, Any]]
+  phases: List[telemetry.PhaseSource]
+  start: Callable[[contextlib.ExitStack], None]
+
+
+def session_seed(seed: int, update_step: int) -> int:
+  """The action-sampling seed of a session that starts at `update_step`.
+
+  A resumed run must not replay the first session's action noise: (seed, update_step) seeds
+  an independent stream (numpy's SeedSequence), equal to `seed`'s own for a fresh run.
+  """
+  if update_step == 0:
+    return seed
+  return int(np.random.SeedSequence([seed, update_step]).generate_state(1)[0])
+
+
+def inference_batch_sizes(config: config_lib.TrainConfig) -> List[int]:
+  """The padded sizes a policy call may have: each compiles once.
+
+  Local actors ask for one recv batch at a time, so a call serves 1..num_actors of them: k ×
+  the recv batch. Remote hosts bring other sizes: powers of two up to all environments.
+  """
+  recv_batch = config.env.recv_batch_size
+  sizes = {recv_batch * k for k in range(1, config.num_actor_threads + 1)}
+  if config.remote_envs is not None:
+    size = 8
+    while size < config.inference_envs:
+      sizes.add(size)
+      size *= 2
+    sizes.add(config.inference_envs)
+  return sorted(sizes)
+
+
+def local_acting(config: config_lib.TrainConfig, spec: envs.EnvSpec, network: Any,
+                 learner: Any, episodes: "queue.SimpleQueue[types.EpisodeStats]",
+                 stop: threading.Event) -> Acting:
+  """Actor threads and remote env hosts through the central inference server."""
+  unroll_queue: "queue.Queue[types.Unroll]" = queue.Queue(maxsize=config.unroll_queue_capacity)
+  server = inference.InferenceServer(
+      network.apply, learner.params(), network.initial_state(1),
+      num_envs=config.inference_envs, batch_sizes=inference_batch_sizes(config),
+      seed=session_seed(config.seed, learner.update_step),
+      batch_wait_ms=config.inference_batch_wait_ms,
+      expected_requests=config.num_actor_threads, initial_version=learner.update_step)
+  actors = [actor_lib.Actor(i, env_config, server, unroll_queue, config.unroll_length,
+                            on_episode=episodes.put)
+            for i, env_config in enumerate(actor_lib.env_configs(config, learner.update_step))]
+  remote = None
+  if config.remote_envs is not None:
+    remote = env_server.make_env_server(config, spec, server, unroll_queue, episodes.put,
+                                        stop.is_set)
+
+  def describe() -> str:
+    text = f"{sum(a.is_alive() for a in actors)} of {len(actors)} actor threads alive"
+    return text + (f", {remote.stats().hosts} env hosts connected" if remote else "")
+
+  def gauges() -> Dict[str, Any]:
+    stats = server.stats()
+    values = dict(queue_size=unroll_queue.qsize(), inference_batch_size=stats.mean_batch_size,
+                  inference_requests_per_batch=stats.mean_requests_per_batch,
+                  inference_latency_ms=stats.mean_latency_ms)
+    if remote is not None:
+      hosts = remote.stats()
+      values.update(remote_hosts=hosts.hosts, remote_envs=hosts.remote_envs,
+                    remote_env_steps=hosts.remote_env_steps,
+                    rejected_messages=hosts.rejected, evicted_hosts=hosts.evicted)
+    return values
+
+  def start(stack: contextlib.ExitStack) -> None:
+    server.start()
+    stack.callback(server.close)
+    if remote is not None:  # Closed before the inference server: streams end first.
+      remote.start()
+      stack.callback(remote.close)
+    for actor in actors:
+      actor.start()
+    # Actors stop before the server: one blocked in `act` still gets its answer.
+    stack.callback(worker.close_all, actors)
+
+  batches = learner_loop.UnrollQueueSource(
+      unroll_queue, config.batch_size, stop.is_set, [server, *actors],
+      max_wait_seconds=60 * config.max_batch_wait_minutes, describe_sources=describe)
+  phases = [("learner", lambda: batches.seconds, 1)]
+  phases += [("actor", lambda a=a: a.seconds, len(actors)) for a in actors]
+  return Acting(batches, server.update_params, gauges, phases, start)
+
+
+def store_acting(config: config_lib.TrainConfig, spec: envs.EnvSpec, network: Any,
+                 learner: Any, store: trajectory_store.RedisStore,
+                 episodes: "queue.SimpleQueue[types.EpisodeStats]",
+                 stop: threading.Event) -> Acting:
+  """Batches popped from a Redis store; parameters published to it."""
+  store_config = config.trajectory_store
+  initial_core_state = network.initial_state(1)
+  lease = store_learner.LearnerLease(store)
+  publisher = store_learner.StorePublisher(store, store_config.publish_interval_seconds,
+                                           stop.is_set)
+  batches = store_learner.StoreBatchSource(
+      store, config.batch_size,
+      store_learner.unroll_schema_for(spec, config.unroll_length, initial_core_state),
+      initial_core_state, store_config.max_policy_lag, lambda: learner.update_step,
+      stop.is_set, max_wait_seconds=60 * config.max_batch_wait_minutes, workers=[lease],
+      on_episode=episodes.put, on_wait=publisher.flush)
+
+  def gauges() -> Dict[str, Any]:
+    values = dict(stale_unrolls=batches.stale, rejected_blobs=batches.rejected,
+                  bytes_per_unroll=batches.bytes_received / max(batches.unrolls_received, 1))
+    try:
+      stats = store.stats()
+      values.update(store_length=stats.length, store_dropped=stats.dropped,
+                    store_memory_mb=stats.used_memory_mb)
+    except trajectory_store.StoreUnavailable:
+      pass  # Redis restarting: the next row has them again.
+    return values
+
+  def start(stack: contextlib.ExitStack) -> None:
+    stack.callback(store.close)
+    if not lease.acquire(stop.is_set, wait_seconds=store_learner.LEASE_SECONDS + 5):
+      return  # Stopped while waiting; the loop's first batch request sees the stop.
+    lease.start()
+    stack.callback(lease.close)
+    # Actor hosts wait for parameters: the learner's current ones go first.
+    publisher.publish(learner.params(), learner.update_step, force=True)
+
+  return Acting(batches, publisher.publish, gauges, [("learner", lambda: batches.seconds, 1)],
+                start)

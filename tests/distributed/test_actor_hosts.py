@@ -1,0 +1,127 @@
+"""A learner and actor hosts as real processes through a real redis-server on loopback.
+
+One run goes through everything that can go wrong around it: an actor host killed with -9, the
+Redis server restarted (empty), and the learner stopped and resumed from its checkpoint, and
+still solves CartPole-v1 within the in-process test's budget.
+"""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.distributed import redis_server
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CAPACITY = 128
+BUDGET = 300_000
+# Learner and actor hosts take the same flagfile, as users would run them. APPO: its clipped
+# ratio is robust to the data's age here (parameters up to a poll interval old).
+FLAGFILE = os.path.join(REPO, "experiments", "configs", "cartpole_appo.flags")
+
+
+def _metrics(logdir):
+  path = os.path.join(logdir, "metrics.csv")
+  if not os.path.exists(path):
+    return []
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))
+
+
+def _steps(logdir):
+  rows = _metrics(logdir)
+  return int(rows[-1]["env_steps"]) if rows else 0
+
+
+def _wait_for(predicate, timeout, what):
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if predicate():
+      return
+    time.sleep(0.5)
+  raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class _Processes:
+  def __init__(self, tmp_path, environ):
+    self._tmp_path = tmp_path
+    self._environ = environ
+    self.procs = []
+
+  def start(self, name, args):
+    log = open(self._tmp_path / f"{name}.log", "w")  # pylint: disable=consider-using-with
+    proc = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT,
+                            cwd=REPO, env=self._environ)
+    proc.log_file, proc.log_path = log, self._tmp_path / f"{name}.log"
+    self.procs.append(proc)
+    return proc
+
+  def close(self):
+    for proc in self.procs:
+      if proc.poll() is None:
+        proc.kill()
+    for proc in self.procs:
+      proc.wait(timeout=30)
+      proc.log_file.close()
+
+
+@pytest.fixture(name="redis")
+def fixture_redis():
+  server = redis_server.RedisServer().start()
+  yield server
+  server.stop()
+
+
+def test_actor_hosts_and_a_learner_solve_cartpole_through_kills_and_restarts(tmp_path, redis):
+  processes = _Processes(tmp_path, redis.environ())
+  logdir = str(tmp_path / "learner")
+  learner_args = [os.path.join(REPO, "experiments", "control.py"), f"--flagfile={FLAGFILE}",
+                  f"--trajectory_store={redis.url}", "--num_actor_threads=0",
+                  f"--logdir={logdir}", f"--total_env_steps={BUDGET}", "--seed=0",
+                  "--progress=false", "--log_interval_seconds=2", f"--store_capacity={CAPACITY}",
+                  "--checkpoint_interval_minutes=0.25"]
+  host_args = [os.path.join(REPO, "experiments", "actor_host.py"), f"--flagfile={FLAGFILE}",
+               f"--trajectory_store={redis.url}", "--network=mlp", "--unroll_length=10",
+               "--batch_size=16", "--num_actor_threads=1", "--num_envs=8",
+               "--status_interval_seconds=5", f"--store_capacity={CAPACITY}"]
+  try:
+    learner = processes.start("learner", learner_args)
+    killed = processes.start("host_a", host_args + ["--seed=100"])
+    processes.start("host_b", host_args + ["--seed=200"])
+
+    # An actor host dies without a word: the learner goes on with the other.
+    _wait_for(lambda: _steps(logdir) > 40_000, 300, "40k env steps")
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=30)
+    at_kill = _steps(logdir)
+    _wait_for(lambda: _steps(logdir) > at_kill + 15_000, 120, "progress after the kill")
+
+    # Redis restarts, empty: both sides reconnect, the learner publishes again.
+    redis.stop()
+    time.sleep(2)
+    redis.start()
+    at_restart = _steps(logdir)
+    _wait_for(lambda: _steps(logdir) > at_restart + 15_000, 180, "progress after Redis")
+
+    # The learner stops (SIGTERM: checkpoint) and resumes from its checkpoint.
+    learner.send_signal(signal.SIGTERM)
+    assert learner.wait(timeout=60) == 0
+    at_stop = _steps(logdir)
+    learner = processes.start("learner_resumed", learner_args + ["--resume"])
+    assert learner.wait(timeout=600) == 0, open(learner.log_path).read()[-3000:]
+  finally:
+    processes.close()
+
+  rows = _metrics(logdir)
+  assert int(rows[-1]["env_steps"]) >= BUDGET and at_stop > at_restart
+  assert int(rows[-1]["updates"]) == BUDGET // 160  # The resumed run continued its count.
+  solved = [r for r in rows if r["episode_return"] and float(r["episode_return"]) >= 475 and
+            int(r["episodes"]) >= 5]
+  assert solved, f"not solved; last rows {rows[-3:]}"
+  # The actors outrun the learner: the store stays bounded and the drops are counted.
+  assert all(int(r["store_length"]) <= CAPACITY for r in rows if r.get("store_length"))
+  assert max(int(r["store_dropped"] or 0) for r in rows) > 0
