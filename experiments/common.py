@@ -4,6 +4,7 @@ This is the only place flags are read: everything below `impala_jax` takes froze
 """
 
 import logging as std_logging
+import os
 import sys
 from typing import Any, Dict, Optional
 
@@ -13,6 +14,7 @@ from absl import logging
 import jax
 
 from impala_jax import config as config_lib
+from impala_jax.distributed import multihost
 from impala_jax.runtime import training
 
 
@@ -25,17 +27,20 @@ def define_flags(defaults: Dict[str, Any]) -> None:
   _define_run_flags(defaults)
   _define_remote_flags()
   _define_store_flags()
+  _define_multihost_flags()
 
 
 def _define_env_flags(d: Dict[str, Any]) -> None:
   flags.DEFINE_string("env", d["env"], "EnvPool task id, e.g. Pong-v5, CartPole-v1, "
-                      "HalfCheetah-v4.")
+                      "HalfCheetah-v4; or module.path:factory for your own gymnasium/dm_env "
+                      "environment (docs/custom_envs.md).")
   flags.DEFINE_integer("num_envs", d["num_envs"], "Environments per actor thread.")
   flags.DEFINE_integer("env_batch_size", d.get("env_batch_size", 0),
                        "Environments per EnvPool recv(); 0 means num_envs (all of them). "
                        "Smaller values let EnvPool step the rest asynchronously.")
   flags.DEFINE_integer("env_threads", 0, "EnvPool worker threads per actor; 0 lets EnvPool "
-                       "decide.")
+                       "decide. Custom environments: worker processes; 0 steps them in the "
+                       "actor thread.")
   flags.DEFINE_integer("num_actor_threads", d["num_actor_threads"], "Actor threads.")
   flags.DEFINE_integer("image_size", 84, "Atari: frames are resized to image_size × "
                        "image_size grayscale (the paper's 84).")
@@ -139,6 +144,39 @@ def _define_store_flags() -> None:
                      "at most this often.")
 
 
+def _define_multihost_flags() -> None:
+  # The usual environment variables as defaults, so a launcher can set them per process.
+  env = os.environ
+  flags.DEFINE_string("coordinator_address", env.get("JAX_COORDINATOR_ADDRESS", ""),
+                      "Multi-host learner: HOST:PORT of process 0's coordination service "
+                      "(default $JAX_COORDINATOR_ADDRESS).")
+  flags.DEFINE_integer("num_processes", int(env.get("JAX_NUM_PROCESSES", "1")),
+                       "Processes in the multi-host learner (default $JAX_NUM_PROCESSES, 1).")
+  flags.DEFINE_integer("process_id", int(env.get("JAX_PROCESS_ID", "0")),
+                       "This process's index, 0 writes metrics and checkpoints (default "
+                       "$JAX_PROCESS_ID).")
+  flags.DEFINE_integer("initialization_timeout_seconds", 300, "Give up when the process "
+                       "group has not formed by then.")
+  flags.DEFINE_integer("heartbeat_timeout_seconds", 30, "A process silent this long is "
+                       "declared dead and every other exits naming it.")
+  flags.DEFINE_float("stall_timeout_seconds", 600.0, "A process whose learner completes no "
+                     "update for this long exits (stuck, e.g. in a collective).")
+
+
+def multihost_config_from_flags() -> Optional[config_lib.MultiHostConfig]:
+  f = flags.FLAGS
+  if f.num_processes <= 1:
+    return None
+  if not f.coordinator_address:
+    raise ValueError(f"--num_processes={f.num_processes} needs --coordinator_address=HOST:PORT "
+                     "(process 0's host) or $JAX_COORDINATOR_ADDRESS.")
+  return config_lib.MultiHostConfig(
+      coordinator_address=f.coordinator_address, num_processes=f.num_processes,
+      process_id=f.process_id, initialization_timeout_seconds=f.initialization_timeout_seconds,
+      heartbeat_timeout_seconds=f.heartbeat_timeout_seconds,
+      stall_timeout_seconds=f.stall_timeout_seconds)
+
+
 def store_config_from_flags() -> Optional[config_lib.TrajectoryStoreConfig]:
   f = flags.FLAGS
   if not f.trajectory_store:
@@ -206,7 +244,7 @@ def config_from_flags() -> config_lib.TrainConfig:
       checkpoint_interval_minutes=f.checkpoint_interval_minutes,
       log_interval_seconds=f.log_interval_seconds, remote_envs=remote_config_from_flags(),
       max_batch_wait_minutes=f.max_batch_wait_minutes,
-      trajectory_store=store_config_from_flags())
+      trajectory_store=store_config_from_flags(), multihost=multihost_config_from_flags())
 
 
 class _QuietLibraries:
@@ -223,6 +261,8 @@ def main(argv) -> None:
   logging.get_absl_handler().addFilter(_QuietLibraries())
   try:
     config = config_from_flags()
+    if config.multihost is not None:  # Before any other JAX call.
+      multihost.initialize(config.multihost)
     logging.info("JAX devices: %s", jax.local_devices())
     run = training.TrainingRun(config, show_progress=flags.FLAGS.progress)
   except (ValueError, PermissionError, ConnectionError) as e:
@@ -234,3 +274,5 @@ def main(argv) -> None:
   logging.info("Done (%s): %d env steps, %d updates, %.0f steps/s, %.1f min.",
                summary.stop_reason, summary.env_steps, summary.updates,
                summary.steps_per_second, summary.wall_seconds / 60)
+  if config.multihost is not None:
+    multihost.shutdown()

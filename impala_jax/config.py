@@ -277,6 +277,44 @@ class TrajectoryStoreConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MultiHostConfig:
+  """One data-parallel learner over several processes (hosts) with `jax.distributed`.
+
+  Every process runs the same program: its own actors and inference server on its local
+  devices, and its share of one learner whose gradients are averaged over every device of
+  every process. `batch_size` is per process; the global batch is num_processes × that.
+
+  Attributes:
+    coordinator_address: HOST:PORT of process 0's coordination service.
+    num_processes: processes in the group.
+    process_id: this process, 0..num_processes-1 (0 writes metrics and checkpoints).
+    initialization_timeout_seconds: give up when the group has not formed by then.
+    heartbeat_timeout_seconds: a process not heard from this long is declared dead; every
+      other process then exits with an error naming it.
+    stall_timeout_seconds: a process whose learner completes no update for this long
+      (alive but stuck, e.g. in a collective another process never joined) exits with an
+      error (the update-rate watchdog).
+  """
+
+  coordinator_address: str = "127.0.0.1:12355"
+  num_processes: int = 1
+  process_id: int = 0
+  initialization_timeout_seconds: int = 300
+  heartbeat_timeout_seconds: int = 30
+  stall_timeout_seconds: float = 600.0
+
+  def __post_init__(self):
+    host, _, port = self.coordinator_address.rpartition(":")
+    _require(bool(host) and port.isdigit(),
+             f"coordinator_address must be HOST:PORT, got {self.coordinator_address!r}.")
+    _require(self.num_processes >= 1, f"num_processes must be >= 1, got {self.num_processes}.")
+    _require(0 <= self.process_id < self.num_processes,
+             f"process_id must be in [0, {self.num_processes}), got {self.process_id}.")
+    _require(self.heartbeat_timeout_seconds >= 1 and self.initialization_timeout_seconds >= 1
+             and self.stall_timeout_seconds > 0, "multi-host timeouts must be positive.")
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """A whole training run: what `experiments/` builds from flags and `runtime.train` runs.
 
@@ -306,6 +344,7 @@ class TrainConfig:
       this long (every actor and host gone).
     trajectory_store: learn from a Redis store fed by actor hosts (`TrajectoryStoreConfig`)
       instead of local actors; then num_actor_threads must be 0.
+    multihost: this process's place in a multi-process learner (`MultiHostConfig`), or None.
   """
 
   env: EnvConfig = EnvConfig()
@@ -328,6 +367,7 @@ class TrainConfig:
   remote_envs: Optional[RemoteEnvConfig] = None
   max_batch_wait_minutes: float = 10.0
   trajectory_store: Optional[TrajectoryStoreConfig] = None
+  multihost: Optional[MultiHostConfig] = None
 
   def __post_init__(self):
     if self.trajectory_store is not None:
@@ -359,9 +399,17 @@ class TrainConfig:
              f"inference_batch_wait_ms must be >= 0, got {self.inference_batch_wait_ms}.")
 
   @property
+  def num_processes(self) -> int:
+    return self.multihost.num_processes if self.multihost else 1
+
+  @property
+  def process_index(self) -> int:
+    return self.multihost.process_id if self.multihost else 0
+
+  @property
   def steps_per_update(self) -> int:
-    """Agent steps the learner consumes per update."""
-    return self.batch_size * self.unroll_length
+    """Agent steps one learner update consumes, over all processes."""
+    return self.batch_size * self.unroll_length * self.num_processes
 
   @property
   def total_updates(self) -> int:

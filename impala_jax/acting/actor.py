@@ -34,14 +34,15 @@ class InferenceClient(Protocol):
 
 
 def env_configs(config: config_lib.TrainConfig,
-                      update_step: int) -> List[config_lib.EnvConfig]:
+                update_step: int) -> List[config_lib.EnvConfig]:
   """One EnvConfig per actor thread, with seeds that never overlap.
 
-  EnvPool seeds environment i of a pool with `seed + i`: thread k starts at
-  `k · num_envs`, and a session resumed at update u starts at `u · total_envs`, so no two
-  environments of any session of the run share a seed.
+  EnvPool seeds environment i of a pool with `seed + i`: thread k starts at `k · num_envs`,
+  process p of a multi-process run at `p · total_envs`, and a session resumed at update u at
+  `u · num_processes · total_envs`, so no two environments of the run share a seed.
   """
-  base = config.env.seed + config.total_envs * update_step
+  base = config.env.seed + config.total_envs * (update_step * config.num_processes +
+                                                config.process_index)
   return [dataclasses.replace(config.env, seed=base + k * config.env.num_envs)
           for k in range(config.num_actor_threads)]
 

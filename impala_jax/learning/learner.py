@@ -45,18 +45,29 @@ def stack_unrolls(unrolls: Sequence[types.Unroll], num_devices: int) -> types.Un
 
 
 class Learner:
-  """Holds the replicated `TrainState` and applies pmapped updates to batches of unrolls."""
+  """Holds the replicated `TrainState` and applies pmapped updates to batches of unrolls.
+
+  In a multi-process run (`jax.distributed`, `jax.process_count() > 1`) the pmap spans every
+  device of every process: each process feeds its local devices' shards of its own batch, and
+  the update's `pmean` averages gradients over all of them (Sebulba's layout).
+  """
 
   def __init__(self, apply_fn, params: Any, config: config_lib.TrainConfig,
                devices: Sequence[jax.Device] = None):
     self._devices = list(devices or jax.local_devices())
+    # Multi-process: pmap over the global devices (None), fed with process-local shards.
+    self._multi_process = jax.process_count() > 1
+    if self._multi_process and devices is not None:
+      raise ValueError("A multi-process learner uses every local device; pass no devices.")
+    self._pmap_devices = None if self._multi_process else self._devices
     config.check_devices(len(self._devices))
     self._optimizer = optimizers.make_optimizer(config.optimizer,
                                                 config.anneal_optimizer_steps)
     update = update_lib.make_update_fn(
         apply_fn, self._optimizer, config.loss, num_epochs=config.num_epochs,
         num_minibatches=config.num_minibatches, seed=config.seed, axis_name=_AXIS)
-    self._update = jax.pmap(update, axis_name=_AXIS, devices=self._devices, donate_argnums=(0,))
+    self._update = jax.pmap(update, axis_name=_AXIS, devices=self._pmap_devices,
+                            donate_argnums=(0,))
     self._state = self._replicate(
         TrainState(params, self._optimizer.init(params), jnp.zeros((), jnp.int32)))
     # Host mirror of state.update_step: the runtime reads it every update, and reading the
@@ -76,7 +87,7 @@ class Learner:
     """One copy per device, laid out exactly like the update's outputs (no retrace)."""
     stacked = jax.tree.map(
         lambda x: np.broadcast_to(np.asarray(x), (self.num_devices,) + np.shape(x)), tree)
-    return jax.pmap(lambda x: x, axis_name=_AXIS, devices=self._devices)(stacked)
+    return jax.pmap(lambda x: x, axis_name=_AXIS, devices=self._pmap_devices)(stacked)
 
   def step(self, unrolls: Sequence[types.Unroll]) -> Dict[str, float]:
     """One update on `unrolls` (a list of batch_size unrolls); returns host metrics.
@@ -101,6 +112,8 @@ class Learner:
     return metrics
 
   def _to_devices(self, x: np.ndarray) -> jax.Array:
+    if self._multi_process:
+      return x  # pmap places each local shard on its device (the global array spans hosts).
     return jax.device_put(x, self._batch_sharding)
 
   @property

@@ -21,13 +21,19 @@ class Checkpointer:
 
   def __init__(self, directory: str, max_to_keep: int = 3):
     self._directory = os.path.abspath(directory)
+    # Created here: Orbax refuses `create=True` with `active_processes` (below).
+    os.makedirs(self._directory, exist_ok=True)
     # Synchronous saves: no background thread outlives a save, and the file is complete when
     # `save` returns (checkpoints are small next to the time between them).
     self._manager = ocp.CheckpointManager(
         self._directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False,
-            cleanup_tmp_directories=True))
+            max_to_keep=max_to_keep, create=False, enable_async_checkpointing=False,
+            cleanup_tmp_directories=True,
+            # The state is a host copy: this process alone writes it, with no barrier that
+            # the other processes of a multi-process run would have to join.
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                primary_host=jax.process_index(), active_processes={jax.process_index()})))
 
   @property
   def directory(self) -> str:
@@ -95,3 +101,13 @@ class CheckpointSchedule:
                             {**self._metadata, "env_steps": env_steps, "update_step": step})
     logging.info("Checkpoint at update %d (%d env steps) in %s.", step, env_steps,
                  self._checkpointer.directory)
+
+
+class NoCheckpoints:
+  """The schedule of a process that does not save (not process 0 of a multi-process run)."""
+
+  def maybe_save(self, env_steps: int) -> None:
+    del env_steps
+
+  def save(self, env_steps: int) -> None:
+    del env_steps

@@ -12,7 +12,7 @@ the local queue, several publishers) or faked in a test:
 
 import queue
 import time
-from typing import Any, Callable, Iterable, List, NamedTuple, Optional, Protocol
+from typing import Any, Callable, Iterable, List, NamedTuple, Optional, Protocol, Tuple
 
 from absl import logging
 
@@ -83,12 +83,32 @@ class UnrollQueueSource:
       self.seconds["batch_wait"] += time.perf_counter() - start
 
 
+# What a process reports before each update (`agree`): go on, stop (asked to), or failed.
+CONTINUE, STOP, FAILED = 0, 1, 2
+
+
+def _alone(code: int) -> Tuple[int, int]:
+  """The single-process agreement: this process decides alone (it is process 0)."""
+  return code, 0
+
+
 class LearnerLoop:
-  """Runs updates until `total_env_steps` agent steps are consumed or the source says stop."""
+  """Runs updates until `total_env_steps` agent steps are consumed or the source says stop.
+
+  `agree(code) -> (code, process)` makes the decision to go on collective in a multi-process
+  learner (`distributed.multihost.StopAgreement`): every process reports CONTINUE, STOP or
+  FAILED before each update and all act on the most severe, so none is left waiting in an
+  update's all-reduce that the others never join. `after_update()` is called after each one
+  (the multi-process watchdog's heartbeat).
+  """
 
   def __init__(self, *, batches: BatchSource, learner: Any,
                publish: Callable[[Any, int], None], telemetry: Any, checkpoints: Any,
-               steps_per_update: int, total_env_steps: int, env_steps: int = 0):
+               steps_per_update: int, total_env_steps: int, env_steps: int = 0,
+               agree: Callable[[int], Tuple[int, int]] = _alone,
+               after_update: Callable[[], None] = lambda: None):
+    self._agree = agree
+    self._after_update = after_update
     self._batches = batches
     self._learner = learner
     self._publish = publish
@@ -103,7 +123,7 @@ class LearnerLoop:
     stop_reason = "completed"
     try:
       while self.env_steps < self._total_env_steps:
-        unrolls = self._batches.next_batch()
+        unrolls = self._next_batch()
         if unrolls is None:
           stop_reason = "signal"
           break
@@ -112,11 +132,28 @@ class LearnerLoop:
         self._publish(self._learner.params(), self._learner.update_step)
         self._telemetry.record(metrics, self.env_steps)
         self._checkpoints.maybe_save(self.env_steps)
+        self._after_update()
     finally:
       self._telemetry.flush(self.env_steps)
       # Save what can be saved: the learner never holds a non-finite state (learning.update).
       self._checkpoints.save(self.env_steps)
     return LoopResult(self.env_steps, stop_reason)
+
+  def _next_batch(self) -> Optional[List[types.Unroll]]:
+    """The next batch if every process has one; None if one was asked to stop; raises if one
+    failed (this process's own error, or one that names the process that failed)."""
+    failure = None
+    try:
+      unrolls = self._batches.next_batch()
+    except Exception as e:  # pylint: disable=broad-except
+      failure, unrolls = e, None
+    code = FAILED if failure else (STOP if unrolls is None else CONTINUE)
+    agreed, origin = self._agree(code)
+    if failure is not None:
+      raise failure
+    if agreed == FAILED:
+      raise RuntimeError(f"Process {origin} failed (see its log); every process stops.")
+    return unrolls if agreed == CONTINUE else None
 
   def _update(self, unrolls: List[types.Unroll]):
     version_before = self._learner.update_step

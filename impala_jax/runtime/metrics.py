@@ -84,3 +84,13 @@ class EpisodeWriter:
 
   def close(self) -> None:
     self._file.close()
+
+
+class NullWriter:
+  """A writer that keeps nothing: what processes other than 0 of a multi-process run use."""
+
+  def write(self, *args, **kwargs) -> None:
+    del args, kwargs
+
+  def close(self) -> None:
+    pass

@@ -38,15 +38,16 @@ class Acting(NamedTuple):
   start: Callable[[contextlib.ExitStack], None]
 
 
-def session_seed(seed: int, update_step: int) -> int:
-  """The action-sampling seed of a session that starts at `update_step`.
+def session_seed(seed: int, update_step: int, process_index: int = 0) -> int:
+  """The action-sampling seed of a session that starts at `update_step` on a process.
 
-  A resumed run must not replay the first session's action noise: (seed, update_step) seeds
-  an independent stream (numpy's SeedSequence), equal to `seed`'s own for a fresh run.
+  A resumed run must not replay the first session's action noise, nor process 1 process 0's:
+  (seed, update_step, process) seeds an independent stream (numpy's SeedSequence), equal to
+  `seed` itself for a fresh single-process run.
   """
-  if update_step == 0:
+  if update_step == 0 and process_index == 0:
     return seed
-  return int(np.random.SeedSequence([seed, update_step]).generate_state(1)[0])
+  return int(np.random.SeedSequence([seed, update_step, process_index]).generate_state(1)[0])
 
 
 def inference_batch_sizes(config: config_lib.TrainConfig) -> List[int]:
@@ -74,7 +75,7 @@ def local_acting(config: config_lib.TrainConfig, spec: envs.EnvSpec, network: An
   server = inference.InferenceServer(
       network.apply, learner.params(), network.initial_state(1),
       num_envs=config.inference_envs, batch_sizes=inference_batch_sizes(config),
-      seed=session_seed(config.seed, learner.update_step),
+      seed=session_seed(config.seed, learner.update_step, config.process_index),
       batch_wait_ms=config.inference_batch_wait_ms,
       expected_requests=config.num_actor_threads, initial_version=learner.update_step)
   actors = [actor_lib.Actor(i, env_config, server, unroll_queue, config.unroll_length,

@@ -20,16 +20,18 @@ import os
 import queue
 import threading
 import time
-from typing import List, NamedTuple
+from typing import Any, List, NamedTuple, Optional
 
 from absl import logging
 import jax
+import numpy as np
 
 from impala_jax import config as config_lib
 from impala_jax import envs
 from impala_jax import networks
 from impala_jax import types
 from impala_jax.distributed import env_server
+from impala_jax.distributed import multihost
 from impala_jax.distributed import trajectory_store
 from impala_jax.learning import learner as learner_lib
 from impala_jax.runtime import checkpoint as checkpoint_lib
@@ -64,6 +66,8 @@ class TrainingRun:
     self._show_progress = show_progress
     self._stop = threading.Event()
     config.check_devices(jax.local_device_count())
+    if config.num_processes > 1:  # Before any training collective: mismatches would hang one.
+      multihost.check_same_config(config)
     if config.remote_envs is not None:  # Fail now, not when the first host connects.
       env_server.read_token(config.remote_envs)
       env_server.check_tls_files(config.remote_envs)
@@ -87,14 +91,11 @@ class TrainingRun:
   def run(self) -> RunSummary:
     config = self.config
     start_time = time.monotonic()
-    os.makedirs(config.logdir, exist_ok=True)
     learner = learner_lib.Learner(
         self._network.apply, networks.init_params(self._network, self._spec, config.seed),
         config)
-    checkpointer = checkpoint_lib.Checkpointer(os.path.join(config.logdir, "checkpoints"))
-    start_steps = env_steps = self._maybe_restore(learner, checkpointer)
-    with open(os.path.join(config.logdir, "config.json"), "w") as f:
-      json.dump(dataclasses.asdict(config), f, indent=2)
+    outputs = _Outputs(config, primary=config.process_index == 0)
+    start_steps = env_steps = self._restore(learner, outputs.checkpointer)
 
     episodes: "queue.SimpleQueue[types.EpisodeStats]" = queue.SimpleQueue()
     if config.trajectory_store is not None:
@@ -103,51 +104,90 @@ class TrainingRun:
     else:
       acting = sources.local_acting(config, self._spec, self._network, learner, episodes,
                                     self._stop)
-    writer = metrics_lib.MetricsWriter(config.logdir)
-    episode_writer = metrics_lib.EpisodeWriter(config.logdir)
     telemetry = telemetry_lib.Telemetry(
-        writer, episode_writer=episode_writer, episodes=episodes,
+        outputs.writer, episode_writer=outputs.episode_writer, episodes=episodes,
         phases=telemetry_lib.PhaseTimer([("learner", lambda: learner.seconds, 1)] +
                                         acting.phases),
         gauges=lambda: dict(updates=learner.update_step, **acting.gauges()),
         log_interval_seconds=config.log_interval_seconds,
         total_env_steps=config.total_env_steps, env_steps=env_steps, start_time=start_time,
-        show_progress=self._show_progress,
+        show_progress=self._show_progress and outputs.primary,
         score_to_hns=envs.atari_scores.normalizer(config.env.env_id))
+    watchdog = (multihost.Watchdog(config.multihost.stall_timeout_seconds)
+                if config.num_processes > 1 else None)
     loop = learner_loop.LearnerLoop(
         batches=acting.batches, learner=learner, publish=acting.publish, telemetry=telemetry,
-        checkpoints=checkpoint_lib.CheckpointSchedule(
-            checkpointer, learner, config.checkpoint_interval_minutes,
-            {"seed": config.seed, "config": dataclasses.asdict(config)}),
-        steps_per_update=config.steps_per_update, total_env_steps=config.total_env_steps,
-        env_steps=env_steps)
+        checkpoints=outputs.schedule(learner), steps_per_update=config.steps_per_update,
+        total_env_steps=config.total_env_steps, env_steps=env_steps,
+        **(dict(agree=multihost.StopAgreement(), after_update=watchdog.beat) if watchdog
+           else {}))
     try:
       with signals.SignalStop(self._stop), contextlib.ExitStack() as threads:
         acting.start(threads)
+        if watchdog is not None:
+          threads.enter_context(watchdog)
         loop_start = time.monotonic()
         result = loop.run()
     finally:
-      writer.close()
-      episode_writer.close()
-      checkpointer.close()
+      outputs.close()
     wall = time.monotonic() - loop_start
     return RunSummary(result.env_steps, learner.update_step, wall,
                       (result.env_steps - start_steps) / max(wall, 1e-9),
                       telemetry.episode_returns, result.stop_reason)
 
-  def _maybe_restore(self, learner: learner_lib.Learner,
-                     checkpointer: checkpoint_lib.Checkpointer) -> int:
-    latest = checkpointer.latest_step()
-    if not self.config.resume:
-      return 0
-    if latest is None:
-      logging.warning("--resume: no checkpoint in %s, starting from scratch.",
-                      checkpointer.directory)
-      return 0
-    state, metadata = checkpointer.restore(learner.state())
-    learner.restore(state)
-    logging.info("Resumed from update %d (%d env steps).", latest, metadata["env_steps"])
-    return int(metadata["env_steps"])
+  def _restore(self, learner: learner_lib.Learner,
+               checkpointer: Optional[checkpoint_lib.Checkpointer]) -> int:
+    """The latest checkpoint on `--resume` (process 0 reads it), shared with every process."""
+    env_steps = 0
+    if self.config.resume and checkpointer is not None:
+      latest = checkpointer.latest_step()
+      if latest is None:
+        logging.warning("--resume: no checkpoint in %s, starting from scratch.",
+                        checkpointer.directory)
+      else:
+        state, metadata = checkpointer.restore(learner.state())
+        learner.restore(state)
+        env_steps = int(metadata["env_steps"])
+        logging.info("Resumed from update %d (%d env steps).", latest, env_steps)
+    if self.config.num_processes > 1:
+      # Every process starts from process 0's state (restored, or its initialisation).
+      state, steps = multihost.broadcast_from_primary((learner.state(), np.int64(env_steps)))
+      learner.restore(state)
+      env_steps = int(steps)
+    return env_steps
+
+
+class _Outputs:
+  """What a run writes: metrics, episodes, checkpoints, config.json (process 0 only)."""
+
+  def __init__(self, config: config_lib.TrainConfig, primary: bool):
+    self._config = config
+    self.primary = primary
+    if primary:
+      os.makedirs(config.logdir, exist_ok=True)
+      with open(os.path.join(config.logdir, "config.json"), "w") as f:
+        json.dump(dataclasses.asdict(config), f, indent=2)
+      self.checkpointer = checkpoint_lib.Checkpointer(os.path.join(config.logdir,
+                                                                   "checkpoints"))
+      self.writer = metrics_lib.MetricsWriter(config.logdir)
+      self.episode_writer = metrics_lib.EpisodeWriter(config.logdir)
+    else:
+      self.checkpointer = None
+      self.writer = metrics_lib.NullWriter()
+      self.episode_writer = metrics_lib.NullWriter()
+
+  def schedule(self, learner) -> Any:
+    if self.checkpointer is None:
+      return checkpoint_lib.NoCheckpoints()
+    return checkpoint_lib.CheckpointSchedule(
+        self.checkpointer, learner, self._config.checkpoint_interval_minutes,
+        {"seed": self._config.seed, "config": dataclasses.asdict(self._config)})
+
+  def close(self) -> None:
+    self.writer.close()
+    self.episode_writer.close()
+    if self.checkpointer is not None:
+      self.checkpointer.close()
 
 
 def train(config: config_lib.TrainConfig, show_progress: bool = True) -> RunSummary:
