@@ -30,6 +30,9 @@ setuptools.setup(
         "redis>=5.0",
         # impala_jax.evaluation.video: gif and PNG frames (mp4 also needs imageio-ffmpeg).
         "imageio>=2.30",
+        # impala_jax.envs.custom: your own gymnasium or dm_env environments (--env=module:fn).
+        "dm-env>=1.6",
+        "gymnasium>=1.0",
     ],
     extras_require={
         # JAX's CUDA 12 wheels (bundled CUDA/cuDNN); see BUILD.md.
@@ -39,8 +42,10 @@ setuptools.setup(
         # experiments/plot_metrics.py and the learning benchmark's curves; the ffmpeg binary
         # (H.264) behind experiments/evaluate.py --video=*.mp4.
         "experiments": ["matplotlib>=3.8", "imageio-ffmpeg>=0.4.9"],
-        # The tests: rlax and distrax are the independent cross-checks of the math.
+        # The tests: rlax and distrax are the independent cross-checks of the math; nbclient,
+        # nbformat and ipykernel run notebooks/quickstart.ipynb.
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "matplotlib>=3.8", "imageio-ffmpeg>=0.4.9",
-                "rlax>=0.1.9", "distrax>=0.1.5", "scipy>=1.10"],
+                "rlax>=0.1.9", "distrax>=0.1.5", "scipy>=1.10", "nbclient>=0.10",
+                "nbformat>=5.9", "ipykernel>=6.29"],
     },
 )

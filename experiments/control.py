@@ -2,6 +2,10 @@ r"""IMPALA on classic control and MuJoCo tasks with an MLP torso.
 
     python experiments/control.py                    # CartPole-v1, solved (≥ 475) in 300k steps
     python experiments/control.py --env=HalfCheetah-v4 --total_env_steps=3000000
+    python experiments/control.py --env=impala_jax.envs.examples:make_corridor  # your own env
+
+`--env=module.path:factory` trains on your own gymnasium or dm_env environment
+(docs/custom_envs.md).
 
 `--helpfull` lists every flag.
 """

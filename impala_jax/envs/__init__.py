@@ -1,4 +1,8 @@
-"""Environments: EnvPool tasks by id, their specs and action format, and real game scores."""
+"""Environments: EnvPool tasks by id, their specs and action format, and real game scores.
+
+An id `module.path:factory` is your own gymnasium or dm_env environment instead, batched
+behind EnvPool's interface by `envs.custom` (`envs.examples` has one).
+"""
 
 from impala_jax.envs import atari_scores
 from impala_jax.envs.envpool_envs import is_atari

@@ -72,9 +72,13 @@ def _check_env_id(env_id: str) -> None:
 def is_atari(env_id: str) -> bool:
   """Whether `env_id` is one of EnvPool's Atari tasks (judged by its spec class).
 
+  A custom environment (`module.path:factory`, see `envs.custom`) is not Atari.
+
   Raises:
     ValueError: `env_id` is not an EnvPool task.
   """
+  if custom_id(env_id):
+    return False
   _check_env_id(env_id)
   return type(envpool.make_spec(env_id)).__name__ == ATARI_SPEC_CLASS
 
@@ -139,6 +143,10 @@ def envpool_kwargs(config: EnvConfig) -> Dict[str, Any]:
 def make_env(config: EnvConfig) -> Any:
   """Builds the gymnasium-API EnvPool environment described by `config`.
 
+  An id `module.path:factory` builds a `custom.CustomEnvPool` of that factory's environments
+  instead (same API and semantics; `config.num_threads` is its number of worker processes,
+  0 for none; the Atari settings do not apply).
+
   Atari tasks get the paper's settings from `config` (episodic life, reward clipping, up to 30
   no-ops at reset, stack of 4, action repeat 4, 84×84 grayscale); other tasks get only the
   generic settings. The pool is asynchronous when `config.recv_batch_size < config.num_envs`:
@@ -154,5 +162,21 @@ def make_env(config: EnvConfig) -> Any:
     ValueError: unknown task id (the message lists close matches), or bad Atari settings.
     TypeError: `config` is not an `EnvConfig`.
   """
+  if isinstance(config, EnvConfig) and custom_id(config.env_id):
+    return _make_custom_env(config)
   kwargs = envpool_kwargs(config)
   return envpool.make(config.env_id, env_type="gymnasium", **kwargs)
+
+
+def custom_id(env_id: Any) -> bool:
+  """Whether `env_id` names an environment factory, `module.path:factory` (`envs.custom`)."""
+  return isinstance(env_id, str) and ":" in env_id
+
+
+def _make_custom_env(config: EnvConfig) -> Any:
+  # Imported here: `custom` imports `specs`, which imports this module.
+  from impala_jax.envs import custom  # pylint: disable=g-import-not-at-top
+  return custom.CustomEnvPool(
+      config.env_id, num_envs=config.num_envs, batch_size=config.recv_batch_size,
+      seed=config.seed, max_episode_steps=config.max_episode_steps,
+      num_workers=config.num_threads)

@@ -86,12 +86,21 @@ def env_spec(env_or_config: Union[EnvConfig, Any]) -> EnvSpec:
   """The `EnvSpec` of an `EnvConfig`, a built EnvPool environment, or an EnvPool spec.
 
   From a config, the spec is built with the same settings `make_env` uses (so `stack_num`
-  shows in `observation_shape`) without starting any environment.
+  shows in `observation_shape`) without starting any environment. A custom environment
+  (`module.path:factory`, see `envs.custom`) is read from one copy built and closed again;
+  a built `custom.CustomEnvPool` (or an `EnvSpec`) gives its own.
 
   Raises:
     ValueError: unknown task id, or observation/action spaces this package does not handle.
     TypeError: the argument is none of the accepted kinds.
   """
+  if isinstance(env_or_config, EnvSpec):
+    return env_or_config
+  if isinstance(getattr(env_or_config, "spec", None), EnvSpec):  # A custom.CustomEnvPool.
+    return env_or_config.spec
+  if isinstance(env_or_config, EnvConfig) and envpool_envs.custom_id(env_or_config.env_id):
+    from impala_jax.envs import custom  # pylint: disable=g-import-not-at-top
+    return custom.spec_of(env_or_config.env_id, env_or_config.seed)
   if isinstance(env_or_config, EnvConfig):
     pool_spec = envpool.make_spec(env_or_config.env_id,
                                   **envpool_envs.envpool_kwargs(env_or_config))
@@ -100,8 +109,8 @@ def env_spec(env_or_config: Union[EnvConfig, Any]) -> EnvSpec:
   elif hasattr(getattr(env_or_config, "spec", None), "action_array_spec"):
     pool_spec = env_or_config.spec
   else:
-    raise TypeError("env_spec expects an EnvConfig, an EnvPool environment or an EnvPool "
-                    f"spec, got {type(env_or_config).__name__}.")
+    raise TypeError("env_spec expects an EnvConfig, an EnvPool environment, an EnvPool spec "
+                    f"or a custom environment pool, got {type(env_or_config).__name__}.")
   return _spec_from_envpool(pool_spec)
 
 

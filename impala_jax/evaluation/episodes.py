@@ -6,7 +6,8 @@ evaluation plays the game as the reference scores were measured: whole games (al
 start of each game, games capped at 27,000 agent steps = 108,000 frames (EnvPool's default,
 unless the run set `max_episode_steps`). Frame stack, action repeat, frame size and sticky
 actions stay those of training (the network was trained on them). Other tasks have no such
-settings: they play exactly as in training.
+settings: they play exactly as in training. That includes custom environments
+(`module.path:factory`, `envs.custom`), whose videos come from their own `render()`.
 
 `play_episodes` runs K environments in one synchronous EnvPool and plays a fixed set of games:
 environment i plays the first `N // K` (+1 for the first `N % K`) games of its own seed, so the
@@ -118,10 +119,14 @@ def play_episodes(network: networks.ImpalaNetwork, params: Any,
     raise ValueError(f"num_envs ({num_envs}) must be <= num_episodes ({num_episodes}): an "
                      "environment without a game to play would only cost time.")
   start = time.monotonic()
-  kwargs = envpool_envs.envpool_kwargs(env_config)
-  if on_frame is not None:
-    kwargs["render_mode"] = "rgb_array"
-  env = envpool.make(env_config.env_id, env_type="gymnasium", **kwargs)
+  if envpool_envs.custom_id(env_config.env_id):
+    # A custom environment renders through its own render() (envs.custom).
+    env = envs.make_env(env_config)
+  else:
+    kwargs = envpool_envs.envpool_kwargs(env_config)
+    if on_frame is not None:
+      kwargs["render_mode"] = "rgb_array"
+    env = envpool.make(env_config.env_id, env_type="gymnasium", **kwargs)
   try:
     spec = envs.env_spec(env)
     act = make_act_fn(network, greedy)

@@ -188,10 +188,35 @@ def make_network(network_config: config_lib.NetworkConfig, *,
 
 def network_for_spec(network_config: config_lib.NetworkConfig, spec) -> ImpalaNetwork:
   """The network for an environment's `envs.EnvSpec`: a categorical head for discrete actions,
-  a diagonal-Gaussian one for continuous actions."""
+  a diagonal-Gaussian one for continuous actions.
+
+  Raises:
+    ValueError: an image torso ("shallow", "deep") for observations that are not images
+      `[C, H, W]`, or images too small for the shallow torso's convolutions.
+  """
+  check_observations(network_config.torso, spec.observation_shape)
   if spec.discrete:
     return make_network(network_config, num_actions=spec.num_actions)
   return make_network(network_config, action_dim=spec.action_dim)
+
+
+# The shallow torso's two VALID convolutions (8×8/4, 4×4/2) need at least 20 pixels a side.
+_SHALLOW_MIN_SIZE = 20
+
+
+def check_observations(torso: str, observation_shape) -> None:
+  """Fails early, naming the shape and what fits, when `torso` cannot take the observations."""
+  shape = tuple(observation_shape)
+  if torso in ("shallow", "deep"):
+    if len(shape) != 3:
+      raise ValueError(
+          f"The {torso!r} torso takes image observations [C, H, W]; this environment observes "
+          f"shape {shape}. Use --network=mlp for vector observations.")
+    if torso == "shallow" and min(shape[1:]) < _SHALLOW_MIN_SIZE:
+      raise ValueError(
+          f"The 'shallow' torso needs images of at least {_SHALLOW_MIN_SIZE}×"
+          f"{_SHALLOW_MIN_SIZE} pixels; this environment observes [C, H, W] = {shape}. Use "
+          "--network=deep for small images.")
 
 
 def init_params(network: ImpalaNetwork, spec, seed: int):
