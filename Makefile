@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: train test test-all venv clean redis-server
+.PHONY: train test test-all venv clean redis-server procgen-libs
 
 $(STAMP): requirements.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,16 +24,25 @@ redis-server:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 
+# EnvPool's Procgen tasks (CoinrunEasy-v0, ...) link the system's Qt 5 GUI library; install it
+# from the system's packages when it is missing (Debian/Ubuntu; root or sudo).
+procgen-libs:
+	@ldconfig -p 2>/dev/null | grep -q libQt5Gui.so.5 || { \
+	  echo "Installing libqt5gui5 for Procgen (apt-get)..."; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO apt-get install -y -qq --no-install-recommends libqt5gui5 >/dev/null; }
+
 # Pong with the paper's Atari settings (experiments/atari.py defaults); progress on the terminal.
 train: $(STAMP)
 	$(PY) experiments/atari.py $(ARGS)
 
 # The CI suite: everything except tests marked `slow` (long learning runs).
-test: $(STAMP) redis-server
+test: $(STAMP) redis-server procgen-libs
 	$(PY) -m pytest tests -m "not slow" $(ARGS)
 
 # Everything, slow learning runs included.
-test-all: $(STAMP) redis-server
+test-all: $(STAMP) redis-server procgen-libs
 	$(PY) -m pytest tests $(ARGS)
 
 clean:
