@@ -85,20 +85,8 @@ def video_fps(env_config) -> float:
   return 30.0
 
 
-def main(argv) -> None:
-  if len(argv) > 1:
-    _fail(f"Unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.WARNING)  # Orbax logs every step of a restore at INFO.
-  f = flags.FLAGS
-  _check_flags(f)
-  start = time.monotonic()
-  try:
-    policy = policy_lib.load_policy(f.logdir, f.checkpoint)
-  except (FileNotFoundError, ValueError) as e:
-    _fail(str(e))
-  num_envs = min(f.num_envs or _DEFAULT_MAX_ENVS, f.episodes)
-  env_config = episodes_lib.evaluation_env_config(policy.config.env, num_envs=num_envs,
-                                                  seed=f.seed, noop_max=f.noop_max)
+def _play(f, policy, env_config):
+  """Plays the games, feeding the video writer and the middle-frame picker when asked for."""
   scale = f.video_scale or (2 if policy.spec.is_atari else 1)
   try:
     writer = video_lib.VideoWriter(f.video, video_fps(env_config), scale) if f.video else None
@@ -115,40 +103,40 @@ def main(argv) -> None:
   result = episodes_lib.play_episodes(
       policy.network, policy.params, env_config, f.episodes, greedy=f.greedy, seed=f.seed,
       on_frame=None if writer is None and middle is None else on_frame)
-  env_id = env_config.env_id
-  is_atari = policy.spec.is_atari
-  summary = episodes_lib.summarize(env_id, [e.episode_return for e in result.episodes])
   video_frames = writer.close() if writer is not None else None
   if middle is not None:
     video_lib.write_png(f.frame_png, middle.middle(), scale)
+  return result, video_frames
 
-  frames_per_step = env_config.frame_skip if is_atari else 1
-  report = dict(
+
+def _report(f, policy, env_config, result, summary, video_frames, wall_seconds):
+  """The JSON summary written beside the run."""
+  frames_per_step = env_config.frame_skip if policy.spec.is_atari else 1
+  return dict(
       logdir=os.path.abspath(f.logdir),
       checkpoint=policy.step,
       env_steps=policy.env_steps,
       frames=None if policy.env_steps is None else policy.env_steps * frames_per_step,
-      env_id=env_id,
+      env_id=env_config.env_id,
       greedy=f.greedy,
       seed=f.seed,
       num_episodes=len(result.episodes),
-      num_envs=num_envs,
+      num_envs=env_config.num_envs,
       env_settings=dataclasses.asdict(env_config),
       **summary,
       episodes=[e._asdict() for e in result.episodes],
       agent_steps=result.agent_steps,
-      wall_seconds=time.monotonic() - start,
+      wall_seconds=wall_seconds,
       video=os.path.abspath(f.video) if f.video else None,
       video_frames=video_frames,
       frame_png=os.path.abspath(f.frame_png) if f.frame_png else None,
   )
-  output = f.output or os.path.join(f.logdir, f"evaluation_{policy.step}.json")
-  with open(output, "w", encoding="utf-8") as out:
-    json.dump(report, out, indent=2)
 
+
+def _print_summary(f, policy, env_id, num_games, summary, output, video_frames):
   score = summary["score"]
   steps = "" if policy.env_steps is None else f", {policy.env_steps:,} agent steps"
-  print(f"{env_id}, checkpoint {policy.step}{steps}: {len(result.episodes)} games, "
+  print(f"{env_id}, checkpoint {policy.step}{steps}: {num_games} games, "
         f"{'greedy' if f.greedy else 'sampled'} actions, seed {f.seed}")
   print(f"  score  mean {score['mean']:.2f}  median {score['median']:.2f}  "
         f"min {score['min']:.2f}  max {score['max']:.2f}")
@@ -160,6 +148,32 @@ def main(argv) -> None:
     print(f"wrote {f.video} ({video_frames} frames)")
   if f.frame_png:
     print(f"wrote {f.frame_png}")
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    _fail(f"Unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every step of a restore at INFO.
+  f = flags.FLAGS
+  _check_flags(f)
+  start = time.monotonic()
+  try:
+    policy = policy_lib.load_policy(f.logdir, f.checkpoint)
+  except (FileNotFoundError, ValueError) as e:
+    _fail(str(e))
+  num_envs = min(f.num_envs or _DEFAULT_MAX_ENVS, f.episodes)
+  env_config = episodes_lib.evaluation_env_config(policy.config.env, num_envs=num_envs,
+                                                  seed=f.seed, noop_max=f.noop_max)
+  result, video_frames = _play(f, policy, env_config)
+  summary = episodes_lib.summarize(env_config.env_id,
+                                   [e.episode_return for e in result.episodes])
+  report = _report(f, policy, env_config, result, summary, video_frames,
+                   time.monotonic() - start)
+  output = f.output or os.path.join(f.logdir, f"evaluation_{policy.step}.json")
+  with open(output, "w", encoding="utf-8") as out:
+    json.dump(report, out, indent=2)
+  _print_summary(f, policy, env_config.env_id, len(result.episodes), summary, output,
+                 video_frames)
 
 
 if __name__ == "__main__":

@@ -119,14 +119,7 @@ def play_episodes(network: networks.ImpalaNetwork, params: Any,
     raise ValueError(f"num_envs ({num_envs}) must be <= num_episodes ({num_episodes}): an "
                      "environment without a game to play would only cost time.")
   start = time.monotonic()
-  if envpool_envs.custom_id(env_config.env_id):
-    # A custom environment renders through its own render() (envs.custom).
-    env = envs.make_env(env_config)
-  else:
-    kwargs = envpool_envs.envpool_kwargs(env_config)
-    if on_frame is not None:
-      kwargs["render_mode"] = "rgb_array"
-    env = envpool.make(env_config.env_id, env_type="gymnasium", **kwargs)
+  env = _make_env(env_config, render=on_frame is not None)
   try:
     spec = envs.env_spec(env)
     act = make_act_fn(network, greedy)
@@ -173,6 +166,16 @@ def play_episodes(network: networks.ImpalaNetwork, params: Any,
     env.close()
   episodes.sort(key=lambda e: e.env_index)  # Stable: each environment's games stay in order.
   return EvaluationResult(episodes, recorded, agent_steps, time.monotonic() - start)
+
+
+def _make_env(env_config: config_lib.EnvConfig, render: bool) -> Any:
+  if envpool_envs.custom_id(env_config.env_id):
+    # A custom environment renders through its own render() (envs.custom).
+    return envs.make_env(env_config)
+  kwargs = envpool_envs.envpool_kwargs(env_config)
+  if render:
+    kwargs["render_mode"] = "rgb_array"
+  return envpool.make(env_config.env_id, env_type="gymnasium", **kwargs)
 
 
 def _render(env) -> np.ndarray:
