@@ -1,9 +1,17 @@
-"""Scale-out: the wire format, remote environment hosts over gRPC, shared secrets.
+"""Scale-out: remote environment hosts (gRPC), a Redis trajectory store, multi-host learners.
 
-    wire.py           header + raw buffers, checked against a schema (never pickle)
-    env_protocol.py   what env hosts and the inference server say (HELLO, STEP, ACTIONS)
-    env_server.py     the learner host's gRPC service feeding the inference server
-    host_sessions.py  per-host state on the learner host: slots, recorder, lease
-    env_host.py       an environment host: EnvPool streaming to a learner
-    auth.py           secrets from a file or the environment
+    wire.py             header + raw buffers, checked against a schema (never pickle)
+    auth.py             secrets from a file or the environment
+    SEED-style environment hosts streaming to the central inference server (gRPC):
+      env_protocol.py   what env hosts and the inference server say (HELLO, STEP, ACTIONS)
+      env_server.py     the learner host's gRPC service feeding the inference server
+      host_sessions.py  per-host state on the learner host: slots, recorder, lease
+      env_host.py       an environment host: EnvPool streaming to a learner
+    Decoupled actor hosts and a Redis trajectory store:
+      codecs.py         unrolls, parameters and episode scores as wire messages
+      trajectory_store.py  the store: bounded unroll list, versioned parameters, learner lease
+      actor_host.py     an actor host: local actors and a CPU copy of the policy
+      store_learner.py  the learner's side: batches in, parameters out
+    One data-parallel learner over several processes:
+      multihost.py      jax.distributed set-up, collective stop, watchdog, settings check
 """
