@@ -155,6 +155,9 @@ def _define_multihost_flags() -> None:
   flags.DEFINE_integer("process_id", int(env.get("JAX_PROCESS_ID", "0")),
                        "This process's index, 0 writes metrics and checkpoints (default "
                        "$JAX_PROCESS_ID).")
+  flags.DEFINE_string("coordinator_bind_address", "", "Where process 0's coordination service "
+                      "listens, HOST:PORT; empty: loopback for a loopback "
+                      "--coordinator_address, else every interface.")
   flags.DEFINE_integer("initialization_timeout_seconds", 300, "Give up when the process "
                        "group has not formed by then.")
   flags.DEFINE_integer("heartbeat_timeout_seconds", 30, "A process silent this long is "
@@ -174,7 +177,8 @@ def multihost_config_from_flags() -> Optional[config_lib.MultiHostConfig]:
       coordinator_address=f.coordinator_address, num_processes=f.num_processes,
       process_id=f.process_id, initialization_timeout_seconds=f.initialization_timeout_seconds,
       heartbeat_timeout_seconds=f.heartbeat_timeout_seconds,
-      stall_timeout_seconds=f.stall_timeout_seconds)
+      stall_timeout_seconds=f.stall_timeout_seconds,
+      coordinator_bind_address=f.coordinator_bind_address or None)
 
 
 def store_config_from_flags() -> Optional[config_lib.TrajectoryStoreConfig]:

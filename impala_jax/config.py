@@ -294,6 +294,9 @@ class MultiHostConfig:
     stall_timeout_seconds: a process whose learner completes no update for this long
       (alive but stuck, e.g. in a collective another process never joined) exits with an
       error (the update-rate watchdog).
+    coordinator_bind_address: HOST:PORT process 0's coordination service listens on. None:
+      loopback when `coordinator_address` is a loopback address (one machine), else every
+      interface (JAX's default: the other hosts must reach it).
   """
 
   coordinator_address: str = "127.0.0.1:12355"
@@ -302,6 +305,17 @@ class MultiHostConfig:
   initialization_timeout_seconds: int = 300
   heartbeat_timeout_seconds: int = 30
   stall_timeout_seconds: float = 600.0
+  coordinator_bind_address: Optional[str] = None
+
+  @property
+  def bind_address(self) -> Optional[str]:
+    """Where the coordination service listens (None: JAX's default, every interface)."""
+    if self.coordinator_bind_address:
+      return self.coordinator_bind_address
+    host, _, port = self.coordinator_address.rpartition(":")
+    if host.strip("[]") in ("127.0.0.1", "localhost", "::1"):
+      return f"{host}:{port}"
+    return None
 
   def __post_init__(self):
     host, _, port = self.coordinator_address.rpartition(":")

@@ -47,7 +47,8 @@ def initialize(config: config_lib.MultiHostConfig) -> None:
       coordinator_address=config.coordinator_address, num_processes=config.num_processes,
       process_id=config.process_id,
       initialization_timeout=config.initialization_timeout_seconds,
-      heartbeat_timeout_seconds=config.heartbeat_timeout_seconds)
+      heartbeat_timeout_seconds=config.heartbeat_timeout_seconds,
+      coordinator_bind_address=config.bind_address)
   logging.info("Process %d of %d joined %s: %d local of %d devices.", jax.process_index(),
                jax.process_count(), config.coordinator_address, jax.local_device_count(),
                jax.device_count())

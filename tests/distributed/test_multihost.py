@@ -9,6 +9,7 @@ import sys
 import time
 
 import numpy as np
+import psutil
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -112,12 +113,20 @@ def test_two_processes_solve_cartpole(tmp_path):
   assert "left the group" in _log(procs[1])
 
 
+def _listening_hosts(port):
+  # gRPC listens on an IPv6 socket: 127.0.0.1 shows as the IPv4-mapped ::ffff:127.0.0.1.
+  return {c.laddr.ip.removeprefix("::ffff:") for c in psutil.net_connections(kind="inet")
+          if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+
+
 def test_a_killed_process_makes_the_other_exit_with_its_name(tmp_path):
   port, logdir = _free_port(), tmp_path / "run"
   procs = _group(tmp_path, lambda i: _control(port, logdir, i, "--batch_size=8",
                                               "--total_env_steps=100000000"))
   try:
     _wait_for_updates(logdir)
+    # A loopback coordinator address: the coordination service listens on loopback only.
+    assert _listening_hosts(port) == {"127.0.0.1"}
     procs[1].send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
     code = procs[0].wait(timeout=120)
