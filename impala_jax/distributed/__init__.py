@@ -12,6 +12,7 @@
       trajectory_store.py  the store: bounded unroll list, versioned parameters, learner lease
       actor_host.py     an actor host: local actors and a CPU copy of the policy
       store_learner.py  the learner's side: batches in, parameters out
+      local_redis.py    a private redis-server on loopback, for one-machine runs and tests
     One data-parallel learner over several processes:
       multihost.py      jax.distributed set-up, collective stop, watchdog, settings check
 """

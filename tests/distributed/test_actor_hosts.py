@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.distributed import redis_server
+from impala_jax.distributed import local_redis
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CAPACITY = 128
@@ -70,22 +70,23 @@ class _Processes:
 
 
 @pytest.fixture(name="redis")
-def fixture_redis():
-  server = redis_server.RedisServer().start()
-  yield server
-  server.stop()
+def fixture_redis(tmp_path):
+  with local_redis.LocalRedisServer(str(tmp_path)) as server:
+    yield server
 
 
 def test_actor_hosts_and_a_learner_solve_cartpole_through_kills_and_restarts(tmp_path, redis):
-  processes = _Processes(tmp_path, redis.environ())
+  processes = _Processes(tmp_path, os.environ)
   logdir = str(tmp_path / "learner")
+  store_flags = [f"--trajectory_store={redis.url}",
+                 f"--redis_password_file={redis.password_file}"]
   learner_args = [os.path.join(REPO, "experiments", "control.py"), f"--flagfile={FLAGFILE}",
-                  f"--trajectory_store={redis.url}", "--num_actor_threads=0",
+                  *store_flags, "--num_actor_threads=0",
                   f"--logdir={logdir}", f"--total_env_steps={BUDGET}", "--seed=0",
                   "--progress=false", "--log_interval_seconds=2", f"--store_capacity={CAPACITY}",
                   "--checkpoint_interval_minutes=0.25"]
   host_args = [os.path.join(REPO, "experiments", "actor_host.py"), f"--flagfile={FLAGFILE}",
-               f"--trajectory_store={redis.url}", "--network=mlp", "--unroll_length=10",
+               *store_flags, "--network=mlp", "--unroll_length=10",
                "--batch_size=16", "--num_actor_threads=1", "--num_envs=8",
                "--status_interval_seconds=5", f"--store_capacity={CAPACITY}"]
   try:

@@ -11,10 +11,10 @@ from impala_jax import envs
 from impala_jax import networks
 from impala_jax import types
 from impala_jax.distributed import codecs
+from impala_jax.distributed import local_redis
 from impala_jax.distributed import store_learner
 from impala_jax.distributed import trajectory_store
 from impala_jax.distributed import wire
-from tests.distributed import redis_server
 
 T = 4
 SPEC = envs.env_spec(config_lib.EnvConfig("CartPole-v1", num_envs=2))
@@ -23,18 +23,16 @@ LSTM = networks.make_network(config_lib.NetworkConfig("mlp", use_lstm=True, lstm
 
 
 @pytest.fixture(name="server", scope="module")
-def fixture_server():
-  server = redis_server.RedisServer().start()
-  yield server
-  server.stop()
+def fixture_server(tmp_path_factory):
+  with local_redis.LocalRedisServer(str(tmp_path_factory.mktemp("redis"))) as server:
+    yield server
 
 
 @pytest.fixture(name="store")
-def fixture_store(server, monkeypatch, request):
-  monkeypatch.setenv("REDIS_PASSWORD", server.password)
+def fixture_store(server, request):
   store = trajectory_store.RedisStore(config_lib.TrajectoryStoreConfig(
-      url=server.url, key_prefix=request.node.name.replace("[", "_").replace("]", "")[:60],
-      capacity=16))
+      url=server.url, password_file=server.password_file,
+      key_prefix=request.node.name.replace("[", "_").replace("]", "")[:60], capacity=16))
   yield store
   store.close()
 
@@ -138,10 +136,10 @@ def test_a_wrong_password_and_a_password_in_the_url_are_refused(server, monkeypa
     trajectory_store.parse_url(f"redis://:secret@127.0.0.1:{server.port}/0")
 
 
-def test_a_restarted_redis_is_reconnected_to_without_repair(monkeypatch):
-  server = redis_server.RedisServer().start()
-  monkeypatch.setenv("REDIS_PASSWORD", server.password)
-  store = trajectory_store.RedisStore(config_lib.TrajectoryStoreConfig(url=server.url))
+def test_a_restarted_redis_is_reconnected_to_without_repair(tmp_path):
+  server = local_redis.LocalRedisServer(str(tmp_path)).start()
+  store = trajectory_store.RedisStore(config_lib.TrajectoryStoreConfig(
+      url=server.url, password_file=server.password_file))
   try:
     store.publish_params(b"x", 1)
     server.stop()
