@@ -251,9 +251,7 @@ def main(argv: Sequence[str]) -> None:
   report = run_benchmark(settings)
   print()
   print(format_report(report))
-  os.makedirs(os.path.dirname(os.path.abspath(f.output)), exist_ok=True)
-  with open(f.output, "w") as out:
-    json.dump(report, out, indent=2)
+  report_lib.write_json(f.output, report)
   print(f"Wrote {f.output}")
 
 

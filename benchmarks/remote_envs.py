@@ -339,9 +339,7 @@ def main(argv: Sequence[str]) -> None:
     print(f"{layout}: at least {f.warmup_seconds + f.window_seconds:.0f} s", flush=True)
     report["layouts"][layout] = measure_layout(layout, workdir)
   print(format_table(report))
-  os.makedirs(os.path.dirname(os.path.abspath(f.output)), exist_ok=True)
-  with open(f.output, "w") as out:
-    json.dump(report, out, indent=2)
+  report_lib.write_json(f.output, report)
   print(f"Wrote {f.output} (runs in {workdir})")
 
 

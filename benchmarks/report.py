@@ -7,6 +7,7 @@ frame_skip (4) on Atari only.
 
 import datetime
 import importlib.metadata
+import json
 import math
 import os
 import platform
@@ -172,3 +173,10 @@ def _inference_table(report: Mapping[str, Any], s: Mapping[str, Any]) -> List[st
              ("  latency ms (server)", [p["server_latency_ms"] for p in per])]
   return table(f"Inference only (one client thread, {s['inference_calls']} calls per "
                 "size)", names, rows)
+
+
+def write_json(path: str, report: Any) -> None:
+  """Writes `report` as indented JSON to `path`, creating its folder."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as out:
+    json.dump(report, out, indent=2)

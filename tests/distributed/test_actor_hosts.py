@@ -5,18 +5,17 @@ Redis server restarted (empty), and the learner stopped and resumed from its che
 still solves CartPole-v1 within the in-process test's budget.
 """
 
-import csv
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
 from impala_jax.distributed import local_redis
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.distributed.processes import metrics as _metrics
+from tests.distributed.processes import Processes
+from tests.distributed.processes import REPO
+from tests.distributed.processes import wait_for as _wait_for
 CAPACITY = 128
 BUDGET = 300_000
 # Learner and actor hosts take the same flagfile, as users would run them. APPO: its clipped
@@ -24,49 +23,9 @@ BUDGET = 300_000
 FLAGFILE = os.path.join(REPO, "experiments", "configs", "cartpole_appo.flags")
 
 
-def _metrics(logdir):
-  path = os.path.join(logdir, "metrics.csv")
-  if not os.path.exists(path):
-    return []
-  with open(path, newline="") as f:
-    return list(csv.DictReader(f))
-
-
 def _steps(logdir):
   rows = _metrics(logdir)
   return int(rows[-1]["env_steps"]) if rows else 0
-
-
-def _wait_for(predicate, timeout, what):
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    if predicate():
-      return
-    time.sleep(0.5)
-  raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-class _Processes:
-  def __init__(self, tmp_path, environ):
-    self._tmp_path = tmp_path
-    self._environ = environ
-    self.procs = []
-
-  def start(self, name, args):
-    log = open(self._tmp_path / f"{name}.log", "w")  # pylint: disable=consider-using-with
-    proc = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT,
-                            cwd=REPO, env=self._environ)
-    proc.log_file, proc.log_path = log, self._tmp_path / f"{name}.log"
-    self.procs.append(proc)
-    return proc
-
-  def close(self):
-    for proc in self.procs:
-      if proc.poll() is None:
-        proc.kill()
-    for proc in self.procs:
-      proc.wait(timeout=30)
-      proc.log_file.close()
 
 
 @pytest.fixture(name="redis")
@@ -76,7 +35,7 @@ def fixture_redis(tmp_path):
 
 
 def test_actor_hosts_and_a_learner_solve_cartpole_through_kills_and_restarts(tmp_path, redis):
-  processes = _Processes(tmp_path, os.environ)
+  processes = Processes(tmp_path, os.environ)
   logdir = str(tmp_path / "learner")
   store_flags = [f"--trajectory_store={redis.url}",
                  f"--redis_password_file={redis.password_file}"]

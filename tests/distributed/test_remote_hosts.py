@@ -1,16 +1,16 @@
 """A learner and env hosts as real processes on loopback: learning, a killed host, a rejoin."""
 
-import csv
 import os
 import re
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.distributed.processes import metrics as _metrics
+from tests.distributed.processes import Processes
+from tests.distributed.processes import read as _read
+from tests.distributed.processes import REPO
+from tests.distributed.processes import wait_for as _wait_for
 TOKEN = "remote-hosts-test-token-0123456789"
 
 
@@ -21,60 +21,9 @@ def _token_file(tmp_path):
   return str(path)
 
 
-def _wait_for(predicate, timeout, what):
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    value = predicate()
-    if value:
-      return value
-    time.sleep(0.5)
-  raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def _read(path):
-  try:
-    with open(path, encoding="utf-8", errors="replace") as f:
-      return f.read()
-  except FileNotFoundError:
-    return ""
-
-
-def _metrics(logdir):
-  path = os.path.join(logdir, "metrics.csv")
-  if not os.path.exists(path):
-    return []
-  with open(path, newline="") as f:
-    return list(csv.DictReader(f))
-
-
-class _Processes:
-  """Starts subprocesses with their output in files; kills and reaps all of them at the end."""
-
-  def __init__(self, tmp_path):
-    self._tmp_path = tmp_path
-    self.procs = []
-
-  def start(self, name, args):
-    log_path = self._tmp_path / f"{name}.log"
-    log = open(log_path, "w")  # pylint: disable=consider-using-with
-    proc = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT,
-                            cwd=REPO)
-    proc.log_path, proc.log_file = log_path, log
-    self.procs.append(proc)
-    return proc
-
-  def close(self):
-    for proc in self.procs:
-      if proc.poll() is None:
-        proc.kill()
-    for proc in self.procs:
-      proc.wait(timeout=30)
-      proc.log_file.close()
-
-
 @pytest.fixture(name="processes")
 def fixture_processes(tmp_path):
-  processes = _Processes(tmp_path)
+  processes = Processes(tmp_path)
   yield processes
   processes.close()
   assert all(p.poll() is not None for p in processes.procs)
