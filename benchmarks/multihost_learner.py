@@ -31,7 +31,6 @@ It prints a table and writes everything, with the machine's description, as JSON
 `--output`. Every worker is reaped, also on failure, timeout, Ctrl-C or SIGTERM.
 """
 
-import json
 import os
 import shutil
 import signal

@@ -25,7 +25,6 @@ earlier measurements left behind. For the cleanest memory figure run one network
 
 import dataclasses
 import gc
-import json
 import os
 import shutil
 import sys

@@ -70,7 +70,6 @@ from typing import Any, List, Optional, Tuple, Union
 import numpy as np
 
 from impala_jax.envs import custom_copies
-from impala_jax.envs.envpool_envs import custom_id as is_custom_id  # pylint: disable=unused-import
 from impala_jax.envs.specs import EnvSpec
 
 Factory = custom_copies.Factory

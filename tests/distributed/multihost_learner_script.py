@@ -32,7 +32,6 @@ def main():
         process_id=int(process), initialization_timeout_seconds=120))
   import jax
   import numpy as np
-  from impala_jax import networks
   from impala_jax.learning import learner as learner_lib
   sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
                                   "learning"))

@@ -6,7 +6,6 @@ that slices the batch axis where it meant time checks nothing; one of rlax's own
 
 import functools
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
