@@ -1,6 +1,6 @@
 r"""How fast impala_jax learns: agent steps and wall time to a score, over configs and seeds.
 
-    python benchmarks/learning.py --configs=experiments/configs/pong_fast.flags --seeds=0,1
+    python benchmarks/learning.py --configs=experiments/configs/pong_impala.flags --seeds=0,1
     python benchmarks/learning.py --configs=a.flags,b.flags --seeds=0 --threshold=18 \
         --stop_at_threshold --output_dir=benchmarks/results/learning_pong
     python benchmarks/learning.py --summarize_only --output_dir=...   # re-read finished runs
