@@ -72,7 +72,8 @@ def plot(report: Mapping[str, Any], path: str, frames_per_step: int = 4,
       curves = _on_grid(runs, key, grid)
       with np.errstate(all="ignore"):
         mean = np.nanmean(curves, axis=0)
-      line, = ax.plot(grid * scale, mean, lw=1.6, label=f"{name} ({len(runs)} seeds)")
+      seeds = f"{len(runs)} seed" + ("s" if len(runs) > 1 else "")
+      line, = ax.plot(grid * scale, mean, lw=1.6, label=f"{name} ({seeds})")
       if len(runs) > 1:
         ax.fill_between(grid * scale, np.nanmin(curves, axis=0), np.nanmax(curves, axis=0),
                         color=line.get_color(), alpha=0.2, lw=0)
