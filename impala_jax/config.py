@@ -15,6 +15,9 @@ from typing import Optional, Tuple
 
 # Network torsos (`networks.torsos.make_torso`).
 TORSOS = ("shallow", "deep", "mlp")
+# The convolutional torsos: they take images [C, H, W], and the learner unrolls its optimizer
+# steps for them rather than scanning (`learning.update`).
+IMAGE_TORSOS = ("shallow", "deep")
 # How the loss's per-step terms are reduced over time and batch (`rl.losses`).
 REDUCTIONS = ("sum", "mean")
 # Optimizers (`learning.optimizers.make_optimizer`).

@@ -65,7 +65,8 @@ class Learner:
                                                 config.anneal_optimizer_steps)
     update = update_lib.make_update_fn(
         apply_fn, self._optimizer, config.loss, num_epochs=config.num_epochs,
-        num_minibatches=config.num_minibatches, seed=config.seed, axis_name=_AXIS)
+        num_minibatches=config.num_minibatches, seed=config.seed, axis_name=_AXIS,
+        unroll_steps=config.network.torso in config_lib.IMAGE_TORSOS)
     self._update = jax.pmap(update, axis_name=_AXIS, devices=self._pmap_devices,
                             donate_argnums=(0,))
     self._state = self._replicate(

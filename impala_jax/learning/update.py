@@ -8,9 +8,10 @@ One update consumes one batch of T+1-step unrolls:
         → gradients, averaged over devices (pmean) → optax step
 
 With one epoch and one minibatch (IMPALA, the paper) that is one gradient step per batch.
-The loops are Python loops, unrolled into the jitted function: a `lax.scan` or `fori_loop`
-over minibatches would put the convolutional torso inside an XLA while loop, which runs about
-17× slower on XLA:CPU (jax-ml/jax#12868).
+For convolutional torsos the loops are Python loops, unrolled into the jitted function: a
+`lax.scan` over minibatches would put the convolutions inside an XLA while loop, which runs
+about 17× slower on XLA:CPU (jax-ml/jax#12868). An MLP has no such penalty, and there the
+steps run in one `lax.scan`, whose compile time does not grow with epochs × minibatches.
 
 Host batches are laid out `[num_devices, batch_per_device, T+1, ...]` (unrolls stacked on a
 leading axis, then split by device); the update moves time to the front itself, so the host
@@ -128,7 +129,8 @@ def pmean_as_one_buffer(tree: Any, axis_name: str) -> Any:
 
 def make_update_fn(apply_fn: Callable[..., Any], optimizer: optax.GradientTransformation,
                    loss_config: config_lib.LossConfig, *, num_epochs: int = 1,
-                   num_minibatches: int = 1, seed: int = 0, axis_name: str = AXIS):
+                   num_minibatches: int = 1, seed: int = 0, axis_name: str = AXIS,
+                   unroll_steps: bool = True):
   """Builds the per-device update; run it under `jax.pmap(..., axis_name=axis_name)`.
 
   Args:
@@ -140,6 +142,10 @@ def make_update_fn(apply_fn: Callable[..., Any], optimizer: optax.GradientTransf
     num_minibatches: optimizer steps per pass, each on a disjoint random subset of whole
       unrolls; the subsets are drawn from `seed` and the update count, so a run is repeatable.
     axis_name: the pmap axis gradients are averaged over.
+    unroll_steps: run the epochs × minibatches optimizer steps as a Python loop unrolled into
+      the program (for convolutional torsos on XLA:CPU, module docstring), or as one
+      `lax.scan` (compile time and program size independent of the number of steps: 10
+      epochs × 8 minibatches unrolled took minutes to compile).
 
   Returns:
     `update(state, batch) -> (state, metrics)` where `batch` is an `Unroll` with leaves
@@ -164,24 +170,45 @@ def make_update_fn(apply_fn: Callable[..., Any], optimizer: optax.GradientTransf
     finite = jnp.logical_and(jnp.isfinite(metrics["loss"]), jnp.isfinite(metrics["grad_norm"]))
     return optax.apply_updates(params, updates), opt_state, metrics, finite
 
-  def update(state: TrainState, batch: types.Unroll) -> Tuple[TrainState, Dict[str, jax.Array]]:
-    batch_size = batch.reward.shape[0]
-    params, opt_state = state.params, state.opt_state
-    all_finite = jnp.array(True)
-    step_metrics = []
-    update_key = jax.random.fold_in(base_key, state.update_step)
+  def minibatch_order(update_key: jax.Array, batch_size: int) -> jax.Array:
+    """`[num_epochs, num_minibatches, batch_size / num_minibatches]` unroll indices."""
+    return jnp.stack([
+        jnp.stack(_minibatch_indices(jax.random.fold_in(update_key, epoch), batch_size,
+                                     num_minibatches))
+        for epoch in range(num_epochs)])
+
+  def unrolled_steps(params, opt_state, batch, order):
+    """The steps as a Python loop, unrolled into the jitted program (see module docstring)."""
+    all_finite, step_metrics = jnp.array(True), []
     for epoch in range(num_epochs):
-      if num_minibatches == 1:
-        minibatches = [batch]
-      else:
-        indices = _minibatch_indices(jax.random.fold_in(update_key, epoch), batch_size,
-                                     num_minibatches)
-        minibatches = [jax.tree.map(lambda x, i=i: x[i], batch) for i in indices]
-      for minibatch in minibatches:
+      for i in range(num_minibatches):
+        minibatch = batch if num_minibatches == 1 else jax.tree.map(
+            lambda x, e=epoch, i=i: x[order[e, i]], batch)
         params, opt_state, metrics, finite = gradient_step(params, opt_state, minibatch)
         all_finite = jnp.logical_and(all_finite, finite)
         step_metrics.append(metrics)
     metrics = jax.tree.map(lambda *m: jnp.mean(jnp.stack(m)), *step_metrics)
+    return params, opt_state, metrics, all_finite
+
+  def scanned_steps(params, opt_state, batch, order):
+    """The steps as one `lax.scan`: compile time independent of their number."""
+    def body(carry, indices):
+      params, opt_state = carry
+      minibatch = jax.tree.map(lambda x: x[indices], batch)
+      params, opt_state, metrics, finite = gradient_step(params, opt_state, minibatch)
+      return (params, opt_state), (metrics, finite)
+
+    flat_order = order.reshape((num_epochs * num_minibatches, -1))
+    (params, opt_state), (metrics, finite) = jax.lax.scan(body, (params, opt_state),
+                                                          flat_order)
+    return params, opt_state, jax.tree.map(jnp.mean, metrics), jnp.all(finite)
+
+  steps = unrolled_steps if unroll_steps else scanned_steps
+
+  def update(state: TrainState, batch: types.Unroll) -> Tuple[TrainState, Dict[str, jax.Array]]:
+    order = minibatch_order(jax.random.fold_in(base_key, state.update_step),
+                            batch.reward.shape[0])
+    params, opt_state, metrics, all_finite = steps(state.params, state.opt_state, batch, order)
     new_state = TrainState(params, opt_state, state.update_step + 1)
     new_state = jax.tree.map(lambda new, old: jnp.where(all_finite, new, old), new_state, state)
     metrics["finite"] = all_finite.astype(jnp.float32)

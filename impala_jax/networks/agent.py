@@ -207,7 +207,7 @@ _SHALLOW_MIN_SIZE = 20
 def check_observations(torso: str, observation_shape) -> None:
   """Fails early, naming the shape and what fits, when `torso` cannot take the observations."""
   shape = tuple(observation_shape)
-  if torso in ("shallow", "deep"):
+  if torso in config_lib.IMAGE_TORSOS:
     if len(shape) != 3:
       raise ValueError(
           f"The {torso!r} torso takes image observations [C, H, W]; this environment observes "

@@ -164,6 +164,34 @@ def test_appo_update_takes_epochs_times_minibatches_optimizer_steps():
   assert {"clip_fraction", "approx_kl"} <= set(first)
 
 
+@pytest.mark.parametrize("num_epochs, num_minibatches", [(1, 1), (2, 2), (3, 4)])
+def test_scanned_steps_equal_unrolled_steps(num_epochs, num_minibatches):
+  """The two ways of running epochs × minibatches (learning/update.py) compute one update."""
+  from impala_jax.learning import optimizers  # pylint: disable=g-import-not-at-top
+  from impala_jax.learning import update as update_lib  # pylint: disable=g-import-not-at-top
+  config = _config(loss=config_lib.LossConfig(objective="appo", reduction="mean"),
+                   num_epochs=num_epochs, num_minibatches=num_minibatches)
+  network, params = _network_and_params(config)
+  optimizer = optimizers.make_optimizer(config.optimizer, config.anneal_optimizer_steps)
+  state = update_lib.TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+  batch = learner_lib.stack_unrolls([make_unroll(np.random.default_rng(9)) for _ in range(4)],
+                                    num_devices=1)
+  replicate = lambda tree: jax.tree.map(lambda x: jnp.asarray(x)[None], tree)
+  results = []
+  for unroll_steps in (True, False):
+    update = jax.pmap(update_lib.make_update_fn(
+        network.apply, optimizer, config.loss, num_epochs=num_epochs,
+        num_minibatches=num_minibatches, unroll_steps=unroll_steps), axis_name=update_lib.AXIS)
+    results.append(update(replicate(state), batch))
+  (unrolled_state, unrolled_metrics), (scanned_state, scanned_metrics) = results
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               unrolled_state.params, scanned_state.params)
+  for name, value in unrolled_metrics.items():
+    np.testing.assert_allclose(value, scanned_metrics[name], rtol=1e-5, atol=1e-6,
+                               err_msg=name)
+  assert int(scanned_state.update_step[0]) == 1
+
+
 def test_minibatches_are_disjoint_and_cover_the_batch():
   from impala_jax.learning import update as update_lib  # pylint: disable=g-import-not-at-top
   indices = update_lib._minibatch_indices(jax.random.PRNGKey(0), batch_size=8,
