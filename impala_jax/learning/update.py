@@ -203,7 +203,9 @@ def make_update_fn(apply_fn: Callable[..., Any], optimizer: optax.GradientTransf
                                                           flat_order)
     return params, opt_state, jax.tree.map(jnp.mean, metrics), jnp.all(finite)
 
-  steps = unrolled_steps if unroll_steps else scanned_steps
+  # One step needs no loop: the unrolled form is then the plain program (no gather, no scan).
+  single_step = num_epochs * num_minibatches == 1
+  steps = unrolled_steps if unroll_steps or single_step else scanned_steps
 
   def update(state: TrainState, batch: types.Unroll) -> Tuple[TrainState, Dict[str, jax.Array]]:
     order = minibatch_order(jax.random.fold_in(base_key, state.update_step),

@@ -15,6 +15,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multihost_learner_script.py")
 CONTROL = os.path.join(REPO, "experiments", "control.py")
+APPO_FLAGS = os.path.join(REPO, "experiments", "configs", "cartpole_appo.flags")
 
 
 def _free_port():
@@ -89,8 +90,10 @@ def _wait_for_updates(logdir, timeout=180):
   raise AssertionError("no metrics row")
 
 
-def _control(port, logdir, process_id, *extra):
-  return [CONTROL, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+def _control(port, logdir, process_id, *extra, flagfile=None):
+  # A flagfile goes first: later flags override its values (its logdir, say).
+  first = [f"--flagfile={flagfile}"] if flagfile else []
+  return [CONTROL, *first, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
           f"--process_id={process_id}", f"--logdir={logdir}", "--progress=false",
           "--heartbeat_timeout_seconds=10", "--log_interval_seconds=2", *extra]
 
@@ -98,9 +101,11 @@ def _control(port, logdir, process_id, *extra):
 def test_two_processes_solve_cartpole(tmp_path):
   port, logdir = _free_port(), tmp_path / "run"
   # 8 environments and 8 unrolls per process: the in-process test's 16 of each, globally.
+  # APPO (2 epochs x 2 minibatches of whole unrolls per process): with IMPALA's one step per
+  # batch, two processes' asynchronous actors left 300k steps too few about half the time.
   procs = _group(tmp_path, lambda i: _control(port, logdir, i, "--batch_size=8", "--num_envs=8",
-                                              "--seed=0",
-                                              "--total_env_steps=300000"))
+                                              "--seed=0", "--total_env_steps=300000",
+                                              flagfile=APPO_FLAGS))
   codes = _reap(procs, timeout=600)
   assert codes == [0, 0], [_log(p)[-2000:] for p in procs]
   with open(logdir / "metrics.csv", newline="") as f:
