@@ -58,27 +58,17 @@ module is imported, so `--env=my_sim:make_env` finds `my_sim.py` there.
 """
 
 import collections
-import json
 import os
-import socket
-import subprocess
-import sys
-import tempfile
-from multiprocessing import connection
 from typing import Any, List, Optional, Tuple, Union
 
 import numpy as np
 
 from impala_jax.envs import custom_copies
+from impala_jax.envs import custom_workers
 from impala_jax.envs.specs import EnvSpec
 
 Factory = custom_copies.Factory
 load_factory = custom_copies.load_factory
-
-# How long a wait for a worker's answer goes between checks that the worker is still alive.
-_POLL_SECONDS = 1.0
-_CLOSE_SECONDS = 10.0
-
 
 def env_spec_of(conversion: custom_copies.Conversion) -> EnvSpec:
   """The `EnvSpec` of an environment's `Conversion`: what the pool delivers and accepts."""
@@ -107,98 +97,6 @@ def spec_of(factory: Union[str, Factory], seed: int = 0) -> EnvSpec:
     return env_spec_of(custom_copies.conversion_of(env))
   finally:
     env.close()
-
-
-# A worker process loads `custom_copies` by its path, as a module of its own: importing it
-# through the package would import all of impala_jax, and JAX with it. It first puts the
-# pool's sys.path in front, so it finds the factory's module where the pool did.
-_WORKER_CODE = """
-import importlib.util, json, sys
-sys.path[:0] = json.loads(sys.argv[1])
-spec = importlib.util.spec_from_file_location("_impala_jax_custom_copies", sys.argv[2])
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
-module.worker_process(int(sys.argv[3]))
-"""
-
-
-class _Worker:
-  """One worker process (`custom_copies.worker_process`) and its socket; answers in order."""
-
-  def __init__(self, index: int, init: dict):
-    self.index = index
-    self.env_ids = range(*init["env_ids"])
-    parent, child = socket.socketpair()
-    try:
-      self.process = subprocess.Popen(
-          [sys.executable, "-c", _WORKER_CODE, json.dumps(sys.path), custom_copies.__file__,
-           str(child.fileno())], pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL)
-    except BaseException:
-      parent.close()
-      raise
-    finally:
-      child.close()
-    self.conn = connection.Connection(parent.detach())
-    try:
-      self.conn.send(init)
-    except (OSError, EOFError) as e:
-      raise self._died() from e
-
-  @property
-  def name(self) -> str:
-    return (f"Environment worker {self.index} (pid {self.process.pid}, copies "
-            f"{self.env_ids.start}-{self.env_ids.stop - 1})")
-
-  def send(self, command: str, argument: Any = None) -> None:
-    try:
-      self.conn.send((command, argument))
-    except (OSError, EOFError) as e:
-      raise self._died() from e
-
-  def wait(self) -> Any:
-    """The answer to the oldest unanswered command; raises the worker's error, if any."""
-    while not self.conn.poll(_POLL_SECONDS):
-      if self.process.poll() is not None:
-        raise self._died()
-    try:
-      status, value = self.conn.recv()
-    except (OSError, EOFError) as e:
-      raise self._died() from e
-    if status == "error":
-      raise RuntimeError(f"{self.name} failed:\n{value}")
-    return value
-
-  def _died(self) -> RuntimeError:
-    try:
-      code = self.process.wait(timeout=1.0)
-    except subprocess.TimeoutExpired:
-      code = None
-    return RuntimeError(f"{self.name} died (exit code {code}).")
-
-  def close(self) -> None:
-    try:
-      if self.process.poll() is None:
-        self.conn.send(("close", None))
-        if self.conn.poll(_CLOSE_SECONDS):
-          self.conn.recv()
-    except (OSError, EOFError):
-      pass
-    self.conn.close()  # EOF: a worker that missed "close" exits too.
-    try:
-      self.process.wait(timeout=_CLOSE_SECONDS)
-    except subprocess.TimeoutExpired:
-      self.process.kill()
-      self.process.wait()
-
-
-def _shared_file(nbytes: int) -> str:
-  directory = "/dev/shm" if os.path.isdir("/dev/shm") else None
-  handle, path = tempfile.mkstemp(prefix="impala_jax_envs_", dir=directory)
-  try:
-    os.ftruncate(handle, max(1, nbytes))
-  finally:
-    os.close(handle)
-  return path
 
 
 class CustomEnvPool:
@@ -234,12 +132,12 @@ class CustomEnvPool:
     self.num_envs = num_envs
     self.batch_size = batch_size
     self.num_workers = num_workers
-    self._workers: List[_Worker] = []
+    self._workers: List[custom_workers.Worker] = []
     self._copies: Optional[custom_copies.Copies] = None
     # Copies whose result is in the buffers and not yet returned by recv(), oldest first.
     self._ready: "collections.deque[int]" = collections.deque()
     # Commands sent to workers and not yet answered, oldest first: (worker, env ids).
-    self._in_flight: "collections.deque[Tuple[_Worker, np.ndarray]]" = collections.deque()
+    self._in_flight: "collections.deque[Tuple[custom_workers.Worker, np.ndarray]]" = collections.deque()
     # Which copies wait for an action (their last result was returned by recv or reset).
     self._waiting = np.zeros(num_envs, bool)
     self._closed = False
@@ -256,12 +154,12 @@ class CustomEnvPool:
       self.spec = env_spec_of(custom_copies.conversion_of(probe))
     finally:
       probe.close()
-    path = _shared_file(custom_copies.Buffers.nbytes(layout, num_envs))
+    path = custom_workers.shared_file(custom_copies.Buffers.nbytes(layout, num_envs))
     try:
       self._buffers = custom_copies.Buffers(layout, num_envs, path)
       bounds = np.linspace(0, num_envs, num_workers + 1).round().astype(int)
       for k in range(num_workers):
-        self._workers.append(_Worker(k, dict(
+        self._workers.append(custom_workers.Worker(k, dict(
             factory=factory, env_ids=(int(bounds[k]), int(bounds[k + 1])), seed=seed,
             max_episode_steps=max_episode_steps, layout=layout, num_envs=num_envs,
             path=path)))
