@@ -1,0 +1,85 @@
+"""Every named configuration in experiments/configs/ builds a valid `TrainConfig`.
+
+A flagfile is only read when someone runs it; a renamed flag or a value a config now rejects
+would otherwise surface in a user's first command. Each file is parsed by the script its
+header names, through the same flags → config path as a real run (experiments/common.py).
+"""
+
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIGS = sorted(glob.glob(os.path.join(REPO, "experiments", "configs", "*.flags")))
+_COMMAND = re.compile(r"^#\s+python (experiments/\w+\.py) --flagfile=(experiments/configs/\S+)$")
+
+# Parses each flagfile with the named script's flags, builds the config, and prints what the
+# test checks. One process for all files: importing JAX dominates; flags are reset in between.
+_PARSE_ALL = r"""
+import importlib, json, sys
+import envpool
+from absl import flags
+sys.path.insert(0, sys.argv[1])
+from experiments import common
+results = {}
+for script, flagfile in json.loads(sys.argv[2]):
+  before = set(flags.FLAGS)
+  module = sys.modules.get("experiments." + script)
+  if module is None:  # Importing (or reloading) the script defines its flags and defaults.
+    importlib.import_module("experiments." + script)
+  else:
+    importlib.reload(module)
+  flags.FLAGS(["prog", "--flagfile=" + flagfile])
+  config = common.config_from_flags()
+  results[flagfile] = dict(script=script, env_id=config.env.env_id,
+                           known_env=config.env.env_id in envpool.list_all_envs(),
+                           objective=config.loss.objective, total_env_steps=config.total_env_steps)
+  for name in set(flags.FLAGS) - before:
+    delattr(flags.FLAGS, name)  # The next script defines them again with its own defaults.
+print(json.dumps(results))
+"""
+
+
+def _header_command(path):
+  with open(path) as f:
+    for line in f:
+      match = _COMMAND.match(line.strip())
+      if match:
+        return match.groups()
+  return None
+
+
+def test_there_are_named_configurations():
+  names = {os.path.basename(c) for c in CONFIGS}
+  assert {"atari_paper.flags", "pong_impala.flags", "cartpole_appo.flags"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_header_names_the_command_that_runs_the_file(path):
+  command = _header_command(path)
+  assert command is not None, f"{path}: no '#   python experiments/<script>.py --flagfile=...'"
+  script, flagfile = command
+  assert os.path.exists(os.path.join(REPO, script))
+  assert os.path.join(REPO, flagfile) == path
+
+
+def test_every_configuration_builds_a_valid_config():
+  jobs = []
+  for path in CONFIGS:
+    script, _ = _header_command(path)
+    jobs.append((os.path.splitext(os.path.basename(script))[0], path))
+  result = subprocess.run([sys.executable, "-c", _PARSE_ALL, REPO, json.dumps(jobs)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+  assert result.returncode == 0, result.stderr[-3000:]
+  parsed = json.loads(result.stdout.strip().splitlines()[-1])
+  assert sorted(parsed) == CONFIGS
+  for path, summary in parsed.items():
+    assert summary["known_env"], f"{path}: unknown EnvPool id {summary['env_id']}"
+    assert summary["total_env_steps"] > 0
+  assert parsed[os.path.join(REPO, "experiments", "configs", "pong_appo.flags")][
+      "objective"] == "appo"
