@@ -9,7 +9,7 @@ half-written checkpoint behind; older checkpoints are pruned to `max_to_keep`.
 
 import os
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from absl import logging
 import jax
@@ -77,10 +77,13 @@ class CheckpointSchedule:
     learner: anything with `update_step` and `state()` (the un-replicated `TrainState`).
     interval_minutes: minutes between saves.
     metadata: JSON-able run description saved with every checkpoint (seed, config).
+    elapsed_seconds: the run's training time so far, saved as `wall_seconds` so that a resumed
+      run's clock continues from it.
   """
 
   def __init__(self, checkpointer: Checkpointer, learner: Any, interval_minutes: float,
-               metadata: Dict[str, Any]):
+               metadata: Dict[str, Any], elapsed_seconds: Callable[[], float] = lambda: 0.0):
+    self._elapsed_seconds = elapsed_seconds
     self._checkpointer = checkpointer
     self._learner = learner
     self._interval_seconds = 60.0 * interval_minutes
@@ -98,7 +101,8 @@ class CheckpointSchedule:
     if step == 0:
       return
     self._checkpointer.save(step, self._learner.state(),
-                            {**self._metadata, "env_steps": env_steps, "update_step": step})
+                            {**self._metadata, "env_steps": env_steps, "update_step": step,
+                             "wall_seconds": self._elapsed_seconds()})
     logging.info("Checkpoint at update %d (%d env steps) in %s.", step, env_steps,
                  self._checkpointer.directory)
 

@@ -1,7 +1,9 @@
 """Where metrics go: `metrics.csv`, `episodes.csv` and TensorBoard events in the run directory.
 
 Library code never prints; the terminal summary is the runtime's business (absl logging and a
-tqdm bar). The CSV's columns are fixed when the file is created; a resumed run appends to it.
+tqdm bar). The CSV's columns are fixed when the file is created. A resumed run appends to it
+after dropping the rows past the step it resumes from: they were written after the checkpoint it
+restored, and the run is about to record those steps again. TensorBoard purges them the same way.
 """
 
 import csv
@@ -9,6 +11,7 @@ import math
 import os
 from typing import Dict, Optional, Tuple
 
+from absl import logging
 from tensorboardX import SummaryWriter
 
 # Always present, in this order; other metrics follow in the order first seen.
@@ -25,11 +28,17 @@ class MetricsWriter:
 
   A new file's columns are `CSV_COLUMNS` followed by the other keys of the first row; a resumed
   run keeps the existing header.
+
+  Args:
+    logdir: the run directory.
+    start_step: the env step the run starts from (0, or the restored checkpoint's): rows and
+      TensorBoard points recorded after it are dropped.
   """
 
-  def __init__(self, logdir: str):
+  def __init__(self, logdir: str, start_step: int = 0):
     os.makedirs(logdir, exist_ok=True)
     self.csv_path = os.path.join(logdir, "metrics.csv")
+    drop_rows_after(self.csv_path, start_step)
     self.columns: Optional[Tuple[str, ...]] = None
     if os.path.exists(self.csv_path) and os.path.getsize(self.csv_path) > 0:
       with open(self.csv_path, newline="") as f:
@@ -38,7 +47,7 @@ class MetricsWriter:
     self._writer = None
     if self.columns is not None:
       self._writer = csv.DictWriter(self._file, self.columns, extrasaction="ignore")
-    self._tensorboard = SummaryWriter(os.path.join(logdir, "tb"))
+    self._tensorboard = SummaryWriter(os.path.join(logdir, "tb"), purge_step=start_step + 1)
 
   def write(self, row: Dict[str, float], step: Optional[int] = None) -> None:
     """One CSV row (missing columns left empty) and one TensorBoard point per finite value."""
@@ -66,9 +75,10 @@ class EpisodeWriter:
   was recorded (at the metrics row that collected it), so curves line up with metrics.csv.
   """
 
-  def __init__(self, logdir: str):
+  def __init__(self, logdir: str, start_step: int = 0):
     os.makedirs(logdir, exist_ok=True)
     path = os.path.join(logdir, "episodes.csv")
+    drop_rows_after(path, start_step)
     new = not os.path.exists(path) or os.path.getsize(path) == 0
     self._file = open(path, "a", newline="")
     self._writer = csv.writer(self._file)
@@ -84,6 +94,35 @@ class EpisodeWriter:
 
   def close(self) -> None:
     self._file.close()
+
+
+def drop_rows_after(path: str, step: int) -> int:
+  """Drops the rows of the CSV at `path` whose `env_steps` exceed `step`; returns how many.
+
+  Starting from scratch (`step` 0), the whole file goes: it is an earlier run that never saved
+  a checkpoint. The file is replaced atomically, so a crash leaves the old or the new one.
+  """
+  if not os.path.exists(path):
+    return 0
+  with open(path, newline="") as f:
+    rows = list(csv.reader(f))
+  if not rows:
+    return 0
+  header, body = rows[0], rows[1:]
+  column = header.index("env_steps")
+  keep = [r for r in body if step > 0 and r and int(float(r[column])) <= step]
+  dropped = len(body) - len(keep)
+  if step == 0:
+    os.remove(path)
+  elif dropped:
+    temporary = path + ".tmp"
+    with open(temporary, "w", newline="") as f:
+      csv.writer(f).writerows([header] + keep)
+    os.replace(temporary, path)
+  if dropped:
+    logging.warning("%s: dropped %d rows past env step %d (not covered by the checkpoint the "
+                    "run starts from).", path, dropped, step)
+  return dropped
 
 
 class NullWriter:

@@ -20,7 +20,7 @@ import os
 import queue
 import threading
 import time
-from typing import Any, List, NamedTuple, Optional
+from typing import Any, Callable, List, NamedTuple, Optional, Tuple
 
 from absl import logging
 import jax
@@ -95,7 +95,11 @@ class TrainingRun:
         self._network.apply, networks.init_params(self._network, self._spec, config.seed),
         config)
     outputs = _Outputs(config, primary=config.process_index == 0)
-    start_steps = env_steps = self._restore(learner, outputs.checkpointer)
+    start_steps, trained_seconds = self._restore(learner, outputs.checkpointer)
+    env_steps = start_steps
+    # A resumed run's clock continues from its checkpoint, so curves against wall time join up.
+    start_time -= trained_seconds
+    outputs.open_writers(start_steps)
 
     episodes: "queue.SimpleQueue[types.EpisodeStats]" = queue.SimpleQueue()
     if config.trajectory_store is not None:
@@ -117,7 +121,8 @@ class TrainingRun:
                 if config.num_processes > 1 else None)
     loop = learner_loop.LearnerLoop(
         batches=acting.batches, learner=learner, publish=acting.publish, telemetry=telemetry,
-        checkpoints=outputs.schedule(learner), steps_per_update=config.steps_per_update,
+        checkpoints=outputs.schedule(learner, lambda: time.monotonic() - start_time),
+        steps_per_update=config.steps_per_update,
         total_env_steps=config.total_env_steps, env_steps=env_steps,
         **(dict(agree=multihost.StopAgreement(), after_update=watchdog.beat) if watchdog
            else {}))
@@ -136,9 +141,12 @@ class TrainingRun:
                       telemetry.episode_returns, result.stop_reason)
 
   def _restore(self, learner: learner_lib.Learner,
-               checkpointer: Optional[checkpoint_lib.Checkpointer]) -> int:
-    """The latest checkpoint on `--resume` (process 0 reads it), shared with every process."""
-    env_steps = 0
+               checkpointer: Optional[checkpoint_lib.Checkpointer]) -> Tuple[int, float]:
+    """The latest checkpoint on `--resume` (process 0 reads it), shared with every process.
+
+    Returns the env steps and the training seconds (process 0's) the run starts from.
+    """
+    env_steps, trained_seconds = 0, 0.0
     if self.config.resume and checkpointer is not None:
       latest = checkpointer.latest_step()
       if latest is None:
@@ -148,13 +156,14 @@ class TrainingRun:
         state, metadata = checkpointer.restore(learner.state())
         learner.restore(state)
         env_steps = int(metadata["env_steps"])
+        trained_seconds = float(metadata.get("wall_seconds", 0.0))  # Older checkpoints: none.
         logging.info("Resumed from update %d (%d env steps).", latest, env_steps)
     if self.config.num_processes > 1:
       # Every process starts from process 0's state (restored, or its initialisation).
       state, steps = multihost.broadcast_from_primary((learner.state(), np.int64(env_steps)))
       learner.restore(state)
       env_steps = int(steps)
-    return env_steps
+    return env_steps, trained_seconds
 
 
 class _Outputs:
@@ -169,19 +178,24 @@ class _Outputs:
         json.dump(dataclasses.asdict(config), f, indent=2)
       self.checkpointer = checkpoint_lib.Checkpointer(os.path.join(config.logdir,
                                                                    "checkpoints"))
-      self.writer = metrics_lib.MetricsWriter(config.logdir)
-      self.episode_writer = metrics_lib.EpisodeWriter(config.logdir)
     else:
       self.checkpointer = None
-      self.writer = metrics_lib.NullWriter()
-      self.episode_writer = metrics_lib.NullWriter()
+    self.writer = metrics_lib.NullWriter()
+    self.episode_writer = metrics_lib.NullWriter()
 
-  def schedule(self, learner) -> Any:
+  def open_writers(self, start_steps: int) -> None:
+    """Opens metrics.csv, episodes.csv and TensorBoard once the starting step is known."""
+    if self.primary:
+      self.writer = metrics_lib.MetricsWriter(self._config.logdir, start_steps)
+      self.episode_writer = metrics_lib.EpisodeWriter(self._config.logdir, start_steps)
+
+  def schedule(self, learner, elapsed_seconds: Callable[[], float]) -> Any:
     if self.checkpointer is None:
       return checkpoint_lib.NoCheckpoints()
     return checkpoint_lib.CheckpointSchedule(
         self.checkpointer, learner, self._config.checkpoint_interval_minutes,
-        {"seed": self._config.seed, "config": dataclasses.asdict(self._config)})
+        {"seed": self._config.seed, "config": dataclasses.asdict(self._config)},
+        elapsed_seconds)
 
   def close(self) -> None:
     self.writer.close()

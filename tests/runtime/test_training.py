@@ -51,7 +51,14 @@ def test_short_pong_run_writes_metrics_and_checkpoint_and_resumes(tmp_path):
   assert str(summary.updates) in checkpoints
   assert os.listdir(os.path.join(config.logdir, "tb"))  # TensorBoard event file
 
-  # Resume: the step count continues from the checkpoint.
+  # A crash after the last checkpoint leaves rows it will not cover; the resumed run drops them.
+  first_session = rows
+  with open(os.path.join(config.logdir, "metrics.csv"), "a") as f:
+    f.write(f"{summary.env_steps + 10_000},999999.0\n")
+  with open(os.path.join(config.logdir, "episodes.csv"), "a") as f:
+    f.write(f"{summary.env_steps + 10_000},999999.0,-21.0,800\n")
+
+  # Resume: the step count and the clock continue from the checkpoint.
   resumed = runtime.train(
       dataclasses.replace(config, resume=True, total_env_steps=summary.env_steps + 800),
       show_progress=False)
@@ -59,6 +66,12 @@ def test_short_pong_run_writes_metrics_and_checkpoint_and_resumes(tmp_path):
   assert resumed.updates == summary.updates + 800 // config.steps_per_update
   rows = read_metrics(config.logdir)
   assert int(rows[-1]["env_steps"]) == resumed.env_steps
+  steps = [int(r["env_steps"]) for r in rows]
+  assert steps == sorted(steps) and len(rows) > len(first_session)
+  wall = [float(r["wall_seconds"]) for r in rows]
+  assert wall == sorted(wall) and wall[-1] < 999999.0
+  with open(os.path.join(config.logdir, "episodes.csv"), newline="") as f:
+    assert all(int(r["env_steps"]) <= resumed.env_steps for r in csv.DictReader(f))
   assert _no_stray_threads()[0]
 
 

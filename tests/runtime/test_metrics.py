@@ -1,0 +1,64 @@
+"""Tests of the run's metric files (impala_jax.runtime.metrics): what a resumed run keeps."""
+
+import csv
+import os
+
+from impala_jax.runtime import metrics
+
+
+def _read(path):
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))
+
+
+def test_resumed_writers_drop_rows_past_the_checkpoint_and_append(tmp_path):
+  logdir = str(tmp_path)
+  writer = metrics.MetricsWriter(logdir)
+  episodes = metrics.EpisodeWriter(logdir)
+  for step in (100, 200, 300):
+    writer.write(dict(env_steps=step, wall_seconds=step / 10, loss=1.0, extra=2.0))
+    episodes.write(step, step / 10, [_Episode(float(step))])
+  writer.close()
+  episodes.close()
+
+  resumed = metrics.MetricsWriter(logdir, start_step=200)  # The checkpoint was at step 200.
+  resumed_episodes = metrics.EpisodeWriter(logdir, start_step=200)
+  resumed.write(dict(env_steps=250, wall_seconds=25.0, loss=0.5, extra=3.0))
+  resumed_episodes.write(250, 25.0, [_Episode(-1.0)])
+  resumed.close()
+  resumed_episodes.close()
+
+  rows = _read(os.path.join(logdir, "metrics.csv"))
+  assert [int(r["env_steps"]) for r in rows] == [100, 200, 250]
+  assert rows[-1]["extra"] == "3.0"  # The header (with the extra column) was kept.
+  episode_rows = _read(os.path.join(logdir, "episodes.csv"))
+  assert [float(r["episode_return"]) for r in episode_rows] == [100.0, 200.0, -1.0]
+
+
+def test_a_run_from_scratch_replaces_an_earlier_runs_rows(tmp_path):
+  path = tmp_path / "metrics.csv"
+  path.write_text("env_steps,wall_seconds,loss\n100,1.0,0.5\n")
+  writer = metrics.MetricsWriter(str(tmp_path), start_step=0)
+  writer.write(dict(env_steps=10, wall_seconds=0.1, loss=2.0, policy_lag=1.0))
+  writer.close()
+  rows = _read(path)
+  assert [r["env_steps"] for r in rows] == ["10"]
+  assert "policy_lag" in rows[0]
+
+
+def test_drop_rows_after_counts_and_leaves_no_temporary_file(tmp_path):
+  path = tmp_path / "episodes.csv"
+  path.write_text("env_steps,wall_seconds,episode_return,episode_length\n"
+                  "10,1.0,1.0,5\n20,2.0,2.0,5\n30,3.0,3.0,5\n")
+  assert metrics.drop_rows_after(str(path), 20) == 1
+  assert metrics.drop_rows_after(str(path), 20) == 0
+  assert metrics.drop_rows_after(str(tmp_path / "absent.csv"), 20) == 0
+  assert [r["env_steps"] for r in _read(path)] == ["10", "20"]
+  assert os.listdir(tmp_path) == ["episodes.csv"]
+
+
+class _Episode:
+
+  def __init__(self, episode_return):
+    self.episode_return = episode_return
+    self.episode_length = 5
