@@ -1,7 +1,6 @@
 """The learning benchmark's table and plot (score curves: mean and min–max over seeds)."""
 
 import math
-import warnings
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -71,14 +70,18 @@ def plot(report: Mapping[str, Any], path: str, frames_per_step: int = 4,
       end = max(r["curve"][key][-1] for r in runs)
       grid = np.linspace(0, end, _GRID_POINTS)
       curves = _on_grid(runs, key, grid)
-      with warnings.catch_warnings():  # Points no run covers yet (before its first game) are NaN.
-        warnings.simplefilter("ignore", RuntimeWarning)
-        mean = np.nanmean(curves, axis=0)
-        low, high = np.nanmin(curves, axis=0), np.nanmax(curves, axis=0)
+      # The mean and band only where every seed has a score: past a seed's end (a run stopped
+      # at the threshold) a mean over the others would jump. Each seed is also drawn thin.
+      covered = ~np.isnan(curves).any(axis=0)
+      mean = np.where(covered, curves.mean(axis=0), np.nan)
       seeds = f"{len(runs)} seed" + ("s" if len(runs) > 1 else "")
       line, = ax.plot(grid * scale, mean, lw=1.6, label=f"{name} ({seeds})")
       if len(runs) > 1:
-        ax.fill_between(grid * scale, low, high, color=line.get_color(), alpha=0.2, lw=0)
+        ax.fill_between(grid * scale, np.where(covered, curves.min(axis=0), np.nan),
+                        np.where(covered, curves.max(axis=0), np.nan),
+                        color=line.get_color(), alpha=0.2, lw=0)
+        for curve in curves:
+          ax.plot(grid * scale, curve, lw=0.6, alpha=0.6, color=line.get_color())
   for ax in axes:
     ax.axhline(report["threshold"], color="gray", ls="--", lw=0.8)
     ax.grid(alpha=0.3)
