@@ -1,4 +1,4 @@
-"""The package declares what it imports: setup.py's install_requires matches impala_jax's imports."""
+"""The package declares what it imports: setup.py's install_requires matches its imports."""
 
 import ast
 import importlib.metadata

@@ -137,7 +137,8 @@ class CustomEnvPool:
     # Copies whose result is in the buffers and not yet returned by recv(), oldest first.
     self._ready: "collections.deque[int]" = collections.deque()
     # Commands sent to workers and not yet answered, oldest first: (worker, env ids).
-    self._in_flight: "collections.deque[Tuple[custom_workers.Worker, np.ndarray]]" = collections.deque()
+    self._in_flight: "collections.deque[Tuple[custom_workers.Worker, np.ndarray]]" = (
+        collections.deque())
     # Which copies wait for an action (their last result was returned by recv or reset).
     self._waiting = np.zeros(num_envs, bool)
     self._closed = False

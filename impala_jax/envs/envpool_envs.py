@@ -35,8 +35,8 @@ import envpool
 from impala_jax.config import EnvConfig
 
 
-# Class name of EnvPool's Atari spec (also read by `specs`). Atari is detected through the spec's class rather than
-# the task id's spelling: ids such as "Pong-v5" carry no family marker.
+# Class name of EnvPool's Atari spec (also read by `specs`). Atari is detected through the
+# spec's class rather than the task id's spelling: ids such as "Pong-v5" carry no family marker.
 ATARI_SPEC_CLASS = "AtariEnvSpec"
 
 # How many close matches an unknown task id error lists.

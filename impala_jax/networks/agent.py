@@ -148,7 +148,8 @@ class ImpalaNetwork(nn.Module):
             "With use_lstm=True core_state must be an LSTMState (see initial_state), got "
             f"{type(core_state).__name__}.")
       chex.assert_shape([core_state.cell, core_state.hidden], (batch_size, self.lstm_size))
-      features, core_state = cores.LSTMCore(self.lstm_size, name="core")(features, first, core_state)
+      core = cores.LSTMCore(self.lstm_size, name="core")
+      features, core_state = core(features, first, core_state)
     elif jax.tree.leaves(core_state):
       raise ValueError(f"Without an LSTM core_state must be (), got {type(core_state).__name__}.")
 

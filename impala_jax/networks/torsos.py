@@ -120,9 +120,11 @@ class ShallowTorso(nn.Module):
       x = SpaceToDepthConv(32, 4, 2, kernel_init=initializers.RELU_INIT, name="Conv_1")(x)
     else:
       x = _image_to_nhwc_float(observation)
-      x = nn.Conv(16, (8, 8), strides=(4, 4), padding="VALID", kernel_init=initializers.RELU_INIT)(x)
+      x = nn.Conv(16, (8, 8), strides=(4, 4), padding="VALID",
+                  kernel_init=initializers.RELU_INIT)(x)
       x = nn.relu(x)
-      x = nn.Conv(32, (4, 4), strides=(2, 2), padding="VALID", kernel_init=initializers.RELU_INIT)(x)
+      x = nn.Conv(32, (4, 4), strides=(2, 2), padding="VALID",
+                  kernel_init=initializers.RELU_INIT)(x)
     x = nn.relu(x)
     x = x.reshape(x.shape[0], -1)
     return nn.relu(nn.Dense(256, kernel_init=initializers.RELU_INIT, name="Dense_0")(x))
@@ -147,7 +149,8 @@ class DeepResNetTorso(nn.Module):
 
   Three stages with channels (16, 32, 32); each stage is conv 3×3/1 → max-pool 3×3/2 ('SAME')
   → two residual blocks. Then ReLU → flatten → FC 256 → ReLU. On 84×84 inputs the stages
-  output 42×42×16, 21×21×32 and 11×11×32. Weights use LeCun-normal init (see initializers.RESNET_INIT).
+  output 42×42×16, 21×21×32 and 11×11×32. Weights use LeCun-normal init (see
+  initializers.RESNET_INIT).
 
   Input `[N, C, H, W]` (uint8 pixels or floats in [0, 1]); output `[N, 256]` float32.
   """

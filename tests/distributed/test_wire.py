@@ -53,7 +53,8 @@ def test_corrupted_messages_are_rejected(mutate, message):
 
 @pytest.mark.parametrize("sent_schema, message", [
     (_other_schema(dtype=np.float32), "'frames' has dtype float32; expected uint8"),
-    (_other_schema(shape=(None, 4, 2)), r"'frames' has shape \(5, 4, 2\); expected \(batch, 4, 3\)"),
+    (_other_schema(shape=(None, 4, 2)),
+     r"'frames' has shape \(5, 4, 2\); expected \(batch, 4, 3\)"),
     (_other_schema(shape=(None, 12)), "'frames' has rank 2; expected 3"),
     (SCHEMA[:2], "holds 2 arrays; expected 3"),
 ])

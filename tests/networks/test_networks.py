@@ -96,8 +96,8 @@ def test_deep_forward_pass_is_finite_and_bounded():
   """A real forward pass on uint8 frames: finite, and init keeps values at a sane scale.
 
   No LSTM here, so the heads see the ResNet's features directly (with ReLU-gain init they
-  reached RMS ~27 on random frames; see networks.initializers.RESNET_INIT). The shallow net's numbers are
-  checked in test_unroll_equals_stepping.
+  reached RMS ~27 on random frames; see networks.initializers.RESNET_INIT). The shallow net's
+  numbers are checked in test_unroll_equals_stepping.
   """
   network = networks.ImpalaNetwork(torso="deep", num_actions=NUM_ACTIONS)
   observation = _observation("deep", T, B)

@@ -3,8 +3,8 @@
 import json
 import os
 
-NOTEBOOK = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                        "notebooks", "impala_colab.ipynb")
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+NOTEBOOK = os.path.join(REPO, "notebooks", "impala_colab.ipynb")
 
 
 def _code_cells():
