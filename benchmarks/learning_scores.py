@@ -1,8 +1,10 @@
 """Scores of a training run from its episodes.csv: the curve, the first crossing, the summary.
 
 A run's score after its k-th finished game is the mean real score of games k−19..k (the last
-20; fewer at the very start), the number the progress bar shows. A threshold counts as reached
-at the first game after which that mean is ≥ the threshold, once 20 games have finished.
+20; fewer at the very start), the number the progress bar shows. Games are recorded at metrics
+rows, several to a row; a run's score at a row is the mean after the row's last game, so the
+curve, the logged score and the threshold agree. A threshold counts as reached at the first row
+whose score is ≥ the threshold, once 20 games have finished.
 """
 
 import csv
@@ -39,11 +41,18 @@ def rolling_scores(episodes: List[Episode], games: int = GAMES) -> List[float]:
   return scores
 
 
+def row_ends(episodes: List[Episode]) -> List[int]:
+  """Indices of the last game recorded at each metrics row (each distinct `env_steps`)."""
+  return [i for i in range(len(episodes))
+          if i + 1 == len(episodes) or episodes[i + 1].env_steps != episodes[i].env_steps]
+
+
 def first_crossing(episodes: List[Episode], threshold: float,
                    games: int = GAMES) -> Optional[Episode]:
-  """The game after which the last-`games` mean first reaches `threshold` (None if never)."""
-  for i, score in enumerate(rolling_scores(episodes, games)):
-    if i + 1 >= games and score >= threshold:
+  """The last game of the first row whose last-`games` mean reaches `threshold` (or None)."""
+  scores = rolling_scores(episodes, games)
+  for i in row_ends(episodes):
+    if i + 1 >= games and scores[i] >= threshold:
       return episodes[i]
   return None
 
@@ -72,7 +81,7 @@ def summarize_run(logdir: str, threshold: float) -> Dict[str, Any]:
       steps_to_threshold=crossing.env_steps if crossing else None,
       seconds_to_threshold=crossing.wall_seconds if crossing else None,
       final_score=scores[-1] if scores else None,
-      best_score=max(scores[GAMES - 1:], default=None),
+      best_score=max((scores[i] for i in row_ends(episodes) if i + 1 >= GAMES), default=None),
       final_env_steps=episodes[-1].env_steps if episodes else 0,
       final_wall_seconds=episodes[-1].wall_seconds if episodes else 0.0,
       steps_per_second=_steps_per_second(logdir),

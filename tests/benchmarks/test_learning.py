@@ -36,6 +36,17 @@ def test_the_threshold_counts_only_once_20_games_are_in():
   assert learning_scores.first_crossing(episodes, threshold=20.5) is None
 
 
+def test_the_threshold_is_judged_at_the_end_of_each_metrics_row():
+  # Games are recorded several to a metrics row (same env_steps). Mid-row the mean of the last
+  # 20 touches 18, but the row ends lower: the curve and the logged score say 17, not reached.
+  returns = [18.0] * 20 + [-2.0]
+  episodes = [learning_scores.Episode(1000 if i < 19 else 2000, float(i), r)
+              for i, r in enumerate(returns)]
+  assert learning_scores.row_ends(episodes) == [18, 20]
+  assert learning_scores.first_crossing(episodes, threshold=18.0) is None
+  assert learning_scores.first_crossing(episodes, threshold=17.0) == episodes[20]
+
+
 def test_median_over_seeds_counts_unreached_seeds_as_never():
   runs = {f"seed_{i}": dict(steps_to_threshold=s, seconds_to_threshold=s, final_score=1.0,
                             steps_per_second=10.0)
