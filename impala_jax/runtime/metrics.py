@@ -35,7 +35,7 @@ class MetricsWriter:
       TensorBoard points recorded after it are dropped.
   """
 
-  def __init__(self, logdir: str, start_step: int = 0):
+  def __init__(self, logdir: str, start_step: int):
     os.makedirs(logdir, exist_ok=True)
     self.csv_path = os.path.join(logdir, "metrics.csv")
     drop_rows_after(self.csv_path, start_step)
@@ -75,7 +75,7 @@ class EpisodeWriter:
   was recorded (at the metrics row that collected it), so curves line up with metrics.csv.
   """
 
-  def __init__(self, logdir: str, start_step: int = 0):
+  def __init__(self, logdir: str, start_step: int):
     os.makedirs(logdir, exist_ok=True)
     path = os.path.join(logdir, "episodes.csv")
     drop_rows_after(path, start_step)

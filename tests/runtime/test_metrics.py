@@ -13,8 +13,8 @@ def _read(path):
 
 def test_resumed_writers_drop_rows_past_the_checkpoint_and_append(tmp_path):
   logdir = str(tmp_path)
-  writer = metrics.MetricsWriter(logdir)
-  episodes = metrics.EpisodeWriter(logdir)
+  writer = metrics.MetricsWriter(logdir, start_step=0)
+  episodes = metrics.EpisodeWriter(logdir, start_step=0)
   for step in (100, 200, 300):
     writer.write(dict(env_steps=step, wall_seconds=step / 10, loss=1.0, extra=2.0))
     episodes.write(step, step / 10, [_Episode(float(step))])
