@@ -77,7 +77,12 @@ def _define_objective_flags(d: Dict[str, Any]) -> None:
   flags.DEFINE_enum("loss_reduction", d.get("loss_reduction", "sum"), config_lib.REDUCTIONS,
                     "Sum over time and batch (the paper) or mean over transitions.")
   flags.DEFINE_float("vtrace_lambda", 1.0, "V-trace's λ (c_i = λ min(c̄, π/μ)).")
-  flags.DEFINE_float("clip_epsilon", 0.2, "APPO: ε of the clip range [1 − ε, 1 + ε] of π/μ.")
+  flags.DEFINE_float("clip_epsilon", 0.2, "APPO: ε of the clip range [1 − ε, 1 + ε] of the "
+                     "ratio.")
+  flags.DEFINE_enum("ppo_ratio", "behaviour", config_lib.PPO_RATIOS, "APPO's ratio: π/μ "
+                    "against the behaviour policy (Sample Factory), or π/π_prox against the "
+                    "policy at the start of each update, with V-trace correcting π_prox/μ "
+                    "(proximal: decoupled PPO, Hilton et al. 2021).")
   flags.DEFINE_bool("normalize_advantages", True, "APPO: standardise each minibatch's "
                     "advantages.")
 
@@ -231,7 +236,8 @@ def config_from_flags() -> config_lib.TrainConfig:
   loss = config_lib.LossConfig(
       objective=f.objective, discount=f.discount, baseline_cost=f.baseline_cost,
       entropy_cost=f.entropy_cost, lambda_=f.vtrace_lambda, reduction=f.loss_reduction,
-      clip_epsilon=f.clip_epsilon, normalize_advantages=f.normalize_advantages)
+      clip_epsilon=f.clip_epsilon, normalize_advantages=f.normalize_advantages,
+      ppo_ratio=f.ppo_ratio)
   optimizer = config_lib.OptimizerConfig(
       optimizer=f.optimizer, learning_rate=f.learning_rate,
       rmsprop_epsilon=f.rmsprop_epsilon, rmsprop_eps_in_sqrt=f.rmsprop_eps_in_sqrt,

@@ -25,6 +25,10 @@ OPTIMIZERS = ("rmsprop", "adam")
 # Policy objectives (`learning.update.make_loss_fn`): IMPALA's V-trace policy gradient, or
 # APPO's PPO-clipped surrogate on V-trace advantages.
 OBJECTIVES = ("impala", "appo")
+# What APPO's ratio r = π/π_ref is taken against (`rl.objectives.appo_loss`): the behaviour
+# policy that acted (Sample Factory), or the learner's policy at the start of the update
+# (decoupled PPO, Hilton et al. 2021).
+PPO_RATIOS = ("behaviour", "proximal")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -112,7 +116,9 @@ class LossConfig:
       ρ̄_pg and λ (None: no clipping).
     reduction: "sum" over time and batch, as in the paper (and its learning rates), or "mean"
       over the real (unmasked) transitions.
-    clip_epsilon: APPO's ε: the ratio π/μ is clipped to [1 − ε, 1 + ε].
+    clip_epsilon: APPO's ε: the ratio r is clipped to [1 − ε, 1 + ε].
+    ppo_ratio: APPO's ratio r: π/μ against the behaviour policy ("behaviour"), or π/π_prox
+      against the policy at the start of the update ("proximal", decoupled PPO).
     normalize_advantages: APPO: standardise the advantages of each minibatch.
   """
 
@@ -127,6 +133,7 @@ class LossConfig:
   reduction: str = "sum"
   clip_epsilon: float = 0.2
   normalize_advantages: bool = True
+  ppo_ratio: str = "behaviour"
 
   def __post_init__(self):
     _require(self.objective in OBJECTIVES,
@@ -137,6 +144,8 @@ class LossConfig:
              f"Unknown loss reduction {self.reduction!r}; accepted: {', '.join(REDUCTIONS)}.")
     _require(0.0 < self.clip_epsilon < 1.0,
              f"clip_epsilon must be in (0, 1), got {self.clip_epsilon}.")
+    _require(self.ppo_ratio in PPO_RATIOS,
+             f"Unknown ppo_ratio {self.ppo_ratio!r}; accepted: {', '.join(PPO_RATIOS)}.")
 
 
 # Environments per actor thread: EnvPool's throughput per Python step grows with the pool, and

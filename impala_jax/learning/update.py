@@ -8,6 +8,8 @@ One update consumes one batch of T+1-step unrolls:
         → gradients, averaged over devices (pmean) → optax step
 
 With one epoch and one minibatch (IMPALA, the paper) that is one gradient step per batch.
+APPO with `ppo_ratio="proximal"` first runs the network once over the whole batch with the
+update's starting parameters, for π_prox (`rl.objectives.appo_loss`).
 For convolutional torsos the loops are Python loops, unrolled into the jitted function: a
 `lax.scan` over minibatches would put the convolutions inside an XLA while loop, which runs
 about 17× slower on XLA:CPU (jax-ml/jax#12868). An MLP has no such penalty, and there the
@@ -90,15 +92,29 @@ def make_loss_fn(apply_fn: Callable[..., Any], loss_config: config_lib.LossConfi
   objective = _OBJECTIVES[loss_config.objective]
   kwargs = _objective_kwargs(loss_config)
 
-  def loss_fn(params, unroll: types.Unroll):
+  def loss_fn(params, unroll: types.Unroll, proximal_log_probs=None):
     output, _ = apply_fn(params, unroll.observation, unroll.first, unroll.core_state)
     inputs = learner_inputs(unroll, loss_config.discount)
     policy = jax.tree.map(lambda x: x[:-1], output.policy)
+    extra = {} if proximal_log_probs is None else {"proximal_log_probs": proximal_log_probs}
     return objective(policy, output.value[:-1], output.value[-1], inputs.actions,
                      inputs.behaviour_log_probs, inputs.rewards, inputs.discounts, inputs.mask,
-                     **kwargs)
+                     **kwargs, **extra)
 
   return loss_fn
+
+
+def make_proximal_log_probs_fn(apply_fn: Callable[..., Any]):
+  """`fn(params, batch [B, T+1]) -> [B, T]` log π(a_t|x_t), held constant (APPO's π_prox)."""
+
+  def proximal_log_probs(params, batch: types.Unroll) -> jax.Array:
+    unroll = _time_major(batch)
+    output, _ = apply_fn(params, unroll.observation, unroll.first, unroll.core_state)
+    policy = jax.tree.map(lambda x: x[:-1], output.policy)
+    log_probs = jax.lax.stop_gradient(policy.log_prob(unroll.action[:-1]))
+    return jnp.swapaxes(log_probs, 0, 1)
+
+  return proximal_log_probs
 
 
 def _time_major(batch: types.Unroll) -> types.Unroll:
@@ -157,9 +173,14 @@ def make_update_fn(apply_fn: Callable[..., Any], optimizer: optax.GradientTransf
   loss_fn = make_loss_fn(apply_fn, loss_config)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   base_key = jax.random.PRNGKey(seed)
+  use_proximal = loss_config.objective == "appo" and loss_config.ppo_ratio == "proximal"
+  proximal_log_probs_fn = make_proximal_log_probs_fn(apply_fn)
 
-  def gradient_step(params, opt_state, minibatch: types.Unroll):
-    (_, metrics), grads = grad_fn(params, _time_major(minibatch))
+  def gradient_step(params, opt_state, minibatch):
+    """One optax step on `(unroll [b, T+1], proximal log-probs [b, T] or None)`."""
+    unroll, proximal = minibatch
+    proximal = None if proximal is None else jnp.swapaxes(proximal, 0, 1)
+    (_, metrics), grads = grad_fn(params, _time_major(unroll), proximal)
     grads = pmean_as_one_buffer(grads, axis_name)
     if loss_config.reduction == "sum":
       # Each device summed over its share of the batch; the paper's loss sums over all of it.
@@ -210,7 +231,9 @@ def make_update_fn(apply_fn: Callable[..., Any], optimizer: optax.GradientTransf
   def update(state: TrainState, batch: types.Unroll) -> Tuple[TrainState, Dict[str, jax.Array]]:
     order = minibatch_order(jax.random.fold_in(base_key, state.update_step),
                             batch.reward.shape[0])
-    params, opt_state, metrics, all_finite = steps(state.params, state.opt_state, batch, order)
+    proximal = proximal_log_probs_fn(state.params, batch) if use_proximal else None
+    params, opt_state, metrics, all_finite = steps(state.params, state.opt_state,
+                                                   (batch, proximal), order)
     new_state = TrainState(params, opt_state, state.update_step + 1)
     new_state = jax.tree.map(lambda new, old: jnp.where(all_finite, new, old), new_state, state)
     metrics["finite"] = all_finite.astype(jnp.float32)

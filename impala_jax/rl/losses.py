@@ -4,7 +4,7 @@
                  A_s = ρ^pg_s (r_s + γ_s v_{s+1} − V(x_s)), held constant (paper §4.1, Eq. 1)
   policy       `policy_gradient_loss`:   −Σ_s log π(a_s|x_s) · A_s                  (§4.2)
                `clipped_surrogate_loss`: −Σ_s min(r_s A_s, clip(r_s, 1 − ε, 1 + ε) A_s),
-                 r_s = π(a_s|x_s) / μ(a_s|x_s)              (Schulman et al. 2017, Eq. 7)
+                 r_s = π(a_s|x_s) / π_ref(a_s|x_s)          (Schulman et al. 2017, Eq. 7)
   baseline     `baseline_loss`:          ½ Σ_s (v_s − V(x_s))²                      (§4.2)
   entropy      `entropy_loss`:           −Σ_s H(π(·|x_s))                           (§4.2)
 
@@ -105,27 +105,29 @@ def policy_gradient_loss(log_probs: Array, advantages: Array, mask: Array,
   return reduce_steps(-log_probs * advantages, mask, reduction)
 
 
-def clipped_surrogate_loss(log_probs: Array, behaviour_log_probs: Array, advantages: Array,
+def clipped_surrogate_loss(log_probs: Array, reference_log_probs: Array, advantages: Array,
                            mask: Array, epsilon: float, reduction: str = "sum") -> Array:
   """PPO's clipped surrogate, −Σ_s min(r_s A_s, clip(r_s, 1 − ε, 1 + ε) A_s) (PPO Eq. 7).
 
-  r_s = π(a_s|x_s) / μ(a_s|x_s) against the behaviour policy that acted (Sample Factory's
-  APPO). Where the clip is active in the direction it blocks (r > 1 + ε with A > 0, or
+  r_s = π(a_s|x_s) / π_ref(a_s|x_s), against the behaviour policy μ that acted (Sample
+  Factory's APPO) or the learner's policy at the start of the update (decoupled PPO, see
+  `rl.objectives`). Where the clip is active in the direction it blocks (r > 1 + ε with A > 0, or
   r < 1 − ε with A < 0) the step contributes no gradient. Same value as
   `rlax.clipped_surrogate_pg_loss` for reduction "mean" and no masked steps.
 
   Args:
     log_probs: `[T, B]` log π(a_s|x_s), carrying the gradient.
-    behaviour_log_probs: `[T, B]` log μ(a_s|x_s).
+    reference_log_probs: `[T, B]` log π_ref(a_s|x_s), held constant.
     advantages: `[T, B]` A_s, held constant.
     mask: `[T, B]` 1 for real steps.
     epsilon: the clip range ε.
     reduction: "sum" or "mean" over real steps.
   """
-  chex.assert_equal_shape([log_probs, behaviour_log_probs, advantages, mask])
+  chex.assert_equal_shape([log_probs, reference_log_probs, advantages, mask])
   advantages = jax.lax.stop_gradient(advantages)
+  reference_log_probs = jax.lax.stop_gradient(reference_log_probs)
   # Ignored steps may hold garbage for μ: give them ratio 1 before exp, then mask them out.
-  log_ratio = jnp.where(mask > 0, log_probs - behaviour_log_probs, 0.0)
+  log_ratio = jnp.where(mask > 0, log_probs - reference_log_probs, 0.0)
   ratio = jnp.exp(log_ratio)
   surrogate = jnp.minimum(ratio * advantages,
                           jnp.clip(ratio, 1.0 - epsilon, 1.0 + epsilon) * advantages)

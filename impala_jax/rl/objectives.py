@@ -5,13 +5,26 @@
 
 both on V-trace targets and advantages (`losses.vtrace_targets`, paper §4.1).
 
-APPO follows Sample Factory's definition (Petrenko et al. 2020, "Sample Factory", §3.3 and its
-`learner.py`): the ratio is taken against the behaviour policy μ that acted, the advantages are
-V-trace's (recomputed from the current parameters on every minibatch, ρ̄_pg-clipped as in
-Sample Factory and RLlib) and standardised per minibatch, and several epochs of minibatches
-pass over each batch (`learning.update`). Unlike Sample Factory there is no value clipping: the
-actors do not record V(x) (SEED-style inference returns only actions), and Andrychowicz et al.
-2021 ("What matters in on-policy RL", §3.3) found value clipping no better than none.
+By default APPO follows Sample Factory's definition (Petrenko et al. 2020, "Sample Factory",
+§3.3 and its `learner.py`): the ratio is taken against the behaviour policy μ that acted, the
+advantages are V-trace's (recomputed from the current parameters on every minibatch,
+ρ̄_pg-clipped as in Sample Factory and RLlib) and standardised per minibatch, and several
+epochs of minibatches pass over each batch (`learning.update`). Unlike Sample Factory there
+is no value clipping: the actors do not record V(x) (SEED-style inference returns only
+actions), and Andrychowicz et al. 2021 ("What matters in on-policy RL", §3.3) found value
+clipping no better than none.
+
+With a proximal policy (`proximal_log_probs`), APPO is instead Hilton et al.'s decoupled PPO
+objective (2021, "Batch size-invariance for policy optimization", arXiv 2110.00641, Eq. 2):
+
+  L = −E_μ[ (π_prox/μ) · min(r A, clip(r, 1 − ε, 1 + ε) A) ],   r = π/π_prox,
+
+where π_prox is the learner's policy at the start of this update. The clip then bounds how far
+one update moves the policy, whatever the age of the data; the off-policy correction π_prox/μ
+is V-trace's, truncated at ρ̄_pg and already inside its advantages (ρ_s = π_prox/μ there, so
+the targets stay fixed across the update's epochs, as PPO's are). Against μ, data a few
+updates old starts with many ratios outside the clip range and their gradients blocked. RLlib's
+APPO has the same structure with a target network in the role of π_prox.
 
 Masking EnvPool's autoreset steps. When x_s ends an episode (terminated or truncated), EnvPool
 ignores a_s and resets, so step s is not a transition: mask_s = 0. We set log ρ_s = −inf, so
@@ -175,39 +188,49 @@ def appo_loss(
     clip_pg_rho_threshold: Optional[float] = 1.0,
     lambda_: float = 1.0,
     reduction: str = "sum",
+    proximal_log_probs: Optional[Array] = None,
 ) -> Tuple[Array, Dict[str, Array]]:
   """APPO: the PPO clipped surrogate on V-trace advantages (module docstring).
 
   Arguments as `impala_loss`, plus:
-    clip_epsilon: ε of the clip range [1 − ε, 1 + ε] of r = π/μ.
+    clip_epsilon: ε of the clip range [1 − ε, 1 + ε] of the ratio r.
     normalize_advantages: standardise the advantages over this batch's real steps.
+    proximal_log_probs: `[T, B]` log π_prox(a_t|x_t) from the parameters at the start of the
+      update, or None. Given, r = π/π_prox and V-trace weighs by π_prox/μ (decoupled PPO,
+      module docstring); None: r = π/μ and V-trace weighs by π/μ (Sample Factory).
 
   Returns:
     (loss, metrics): `impala_loss`'s metrics plus `clip_fraction` (real steps whose ratio
     lies outside the clip range) and `approx_kl` (mean of (r − 1) − log r, an estimate of
-    KL(μ‖π) ≥ 0).
+    the KL divergence from the ratio's reference policy to π, ≥ 0).
   """
   losses.check_reduction(reduction)
   _check_inputs(policy, values, bootstrap_value, actions, behaviour_log_probs, rewards,
                 discounts, mask)
   log_probs = policy.log_prob(actions)
+  if proximal_log_probs is None:
+    reference_log_probs = behaviour_log_probs
+    vtrace_log_probs = log_probs
+  else:
+    chex.assert_equal_shape([proximal_log_probs, behaviour_log_probs])
+    reference_log_probs = vtrace_log_probs = jax.lax.stop_gradient(proximal_log_probs)
   targets, log_rhos = losses.vtrace_targets(
-      log_probs, behaviour_log_probs, values, bootstrap_value, rewards, discounts, mask,
+      vtrace_log_probs, behaviour_log_probs, values, bootstrap_value, rewards, discounts, mask,
       clip_rho_threshold=clip_rho_threshold, clip_c_threshold=clip_c_threshold,
       clip_pg_rho_threshold=clip_pg_rho_threshold, lambda_=lambda_)
   advantages = targets.pg_advantages
   if normalize_advantages:
     advantages = losses.standardize(advantages, mask)
   entropy = policy.entropy()
-  safe_log_rhos = jnp.where(mask > 0, log_rhos, 0.0)
-  ratio = jnp.exp(safe_log_rhos)
+  log_ratio = jnp.where(mask > 0, jax.lax.stop_gradient(log_probs) - reference_log_probs, 0.0)
+  ratio = jnp.exp(log_ratio)
   extra = {
       "clip_fraction": losses.masked_mean(
           (jnp.abs(ratio - 1.0) > clip_epsilon).astype(ratio.dtype), mask),
-      "approx_kl": losses.masked_mean((ratio - 1.0) - safe_log_rhos, mask),
+      "approx_kl": losses.masked_mean((ratio - 1.0) - log_ratio, mask),
   }
   return _loss_and_metrics(
-      losses.clipped_surrogate_loss(log_probs, behaviour_log_probs, advantages, mask,
+      losses.clipped_surrogate_loss(log_probs, reference_log_probs, advantages, mask,
                                     clip_epsilon, reduction),
       losses.baseline_loss(values, targets.vs, mask, reduction),
       losses.entropy_loss(entropy, mask, reduction),

@@ -164,12 +164,14 @@ def test_appo_update_takes_epochs_times_minibatches_optimizer_steps():
   assert {"clip_fraction", "approx_kl"} <= set(first)
 
 
-@pytest.mark.parametrize("num_epochs, num_minibatches", [(1, 1), (2, 2), (3, 4)])
-def test_scanned_steps_equal_unrolled_steps(num_epochs, num_minibatches):
+@pytest.mark.parametrize("num_epochs, num_minibatches, ppo_ratio", [
+    (1, 1, "behaviour"), (2, 2, "behaviour"), (3, 4, "behaviour"), (2, 2, "proximal")])
+def test_scanned_steps_equal_unrolled_steps(num_epochs, num_minibatches, ppo_ratio):
   """The two ways of running epochs × minibatches (learning/update.py) compute one update."""
   from impala_jax.learning import optimizers  # pylint: disable=g-import-not-at-top
   from impala_jax.learning import update as update_lib  # pylint: disable=g-import-not-at-top
-  config = _config(loss=config_lib.LossConfig(objective="appo", reduction="mean"),
+  config = _config(loss=config_lib.LossConfig(objective="appo", reduction="mean",
+                                              ppo_ratio=ppo_ratio),
                    num_epochs=num_epochs, num_minibatches=num_minibatches)
   network, params = _network_and_params(config)
   optimizer = optimizers.make_optimizer(config.optimizer, config.anneal_optimizer_steps)
@@ -190,6 +192,31 @@ def test_scanned_steps_equal_unrolled_steps(num_epochs, num_minibatches):
     np.testing.assert_allclose(value, scanned_metrics[name], rtol=1e-5, atol=1e-6,
                                err_msg=name)
   assert int(scanned_state.update_step[0]) == 1
+
+
+def test_proximal_appo_starts_each_update_at_ratio_one():
+  """π_prox is the policy at the update's start: its first step sees r = 1 everywhere, later
+  epochs move away from it; with one step per update nothing is ever clipped."""
+  rng = np.random.default_rng(8)
+  unrolls = [make_unroll(rng) for _ in range(4)]
+  one_step = _learner(_config(loss=config_lib.LossConfig(objective="appo", reduction="mean",
+                                                         ppo_ratio="proximal")))
+  for _ in range(3):
+    metrics = one_step.step(unrolls)
+    assert metrics["clip_fraction"] == 0.0
+    assert metrics["approx_kl"] == pytest.approx(0.0, abs=1e-6)
+  behaviour = _learner(_config(loss=config_lib.LossConfig(objective="appo", reduction="mean")))
+  assert behaviour.step(unrolls)["approx_kl"] > 1e-3  # μ of the random unrolls is not π.
+  several = _learner(_config(loss=config_lib.LossConfig(
+      objective="appo", reduction="mean", ppo_ratio="proximal"), num_epochs=4))
+  first = several.step(unrolls)
+  assert 0.0 < first["approx_kl"]  # Epochs 2-4 see the policy that epoch 1 moved.
+
+
+def test_unknown_ppo_ratio_fails_naming_the_accepted_ones():
+  with pytest.raises(ValueError, match="Unknown ppo_ratio 'target'; accepted: behaviour, "
+                     "proximal"):
+    config_lib.LossConfig(objective="appo", ppo_ratio="target")
 
 
 def test_minibatches_are_disjoint_and_cover_the_batch():

@@ -432,3 +432,62 @@ def test_appo_normalises_advantages_over_real_steps_and_masks_garbage():
   real = np.asarray(standardized)[np.asarray(mask) > 0]
   np.testing.assert_allclose(real.mean(), 0.0, atol=1e-6)
   np.testing.assert_allclose(real.std(), 1.0, rtol=1e-5)
+
+
+# -- APPO against a proximal policy (decoupled PPO) ---------------------------------------------
+
+
+def _with_proximal(inputs, proximal_logits):
+  return dict(inputs, proximal_log_probs=distributions.Categorical(
+      _f32(proximal_logits)).log_prob(inputs["actions"]))
+
+
+def test_proximal_appo_gradient_is_impalas_at_the_update_start_however_stale_the_data():
+  # With π_prox = π (the first optimizer step of an update) r = π/π_prox = 1: no clip is
+  # active and the surrogate's gradient A ∇log π, with V-trace weighing by π_prox/μ = π/μ, is
+  # IMPALA's, though μ is far from π. Against μ the same data gives a different gradient.
+  inputs = _random_categorical(11, masked=[(3, 1)])
+  inputs["behaviour_log_probs"] = inputs["behaviour_log_probs"] - 0.7  # π/μ ≈ 2 at most steps.
+  proximal = _with_proximal(inputs, inputs["logits"])
+  impala = _grads(inputs, reduction="mean")
+  appo_proximal = jax.grad(lambda x: _appo(x, reduction="mean", normalize_advantages=False)[0],
+                           allow_int=True)(proximal)
+  appo_behaviour = _appo_grads(inputs, reduction="mean", normalize_advantages=False)
+  for name in ("logits", "values"):
+    np.testing.assert_allclose(appo_proximal[name], impala[name], rtol=1e-5, atol=1e-7,
+                               err_msg=name)
+  assert float(jnp.abs(appo_behaviour["logits"] - impala["logits"]).max()) > 1e-3
+  _, metrics = _appo(proximal, reduction="mean")
+  assert float(metrics["clip_fraction"]) == 0.0
+  assert float(metrics["approx_kl"]) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("ratio, advantage_sign, blocked", [
+    (1.5, 1.0, True), (0.5, -1.0, True), (1.5, -1.0, False), (0.5, 1.0, False)])
+def test_proximal_appo_clips_the_ratio_to_the_proximal_policy_not_to_mu(
+    ratio, advantage_sign, blocked):
+  # T=1, B=1: π(a) = 0.25 and μ(a) = 0.25 (π/μ = 1, inside any clip range), but π/π_prox =
+  # `ratio`. The advantage's sign is set by the reward (V(x_0) = 0.5, V(x_1) = 2, γ = 0.9).
+  inputs = _one_step_categorical(reward=advantage_sign * 5.0)
+  inputs["proximal_log_probs"] = _f32([[math.log(0.25 / ratio)]])
+  grads = jax.grad(lambda x: _appo(x, entropy_cost=0.0, normalize_advantages=False,
+                                   clip_epsilon=0.2)[0], allow_int=True)(inputs)
+  if blocked:
+    np.testing.assert_array_equal(grads["logits"], np.zeros_like(grads["logits"]))
+  else:
+    assert float(jnp.abs(grads["logits"]).max()) > 1e-3
+  _, metrics = _appo(inputs, clip_epsilon=0.2)
+  assert float(metrics["clip_fraction"]) == 1.0
+
+
+def test_proximal_appo_targets_do_not_depend_on_the_current_policy():
+  # V-trace weighs by π_prox/μ: its targets (and so the baseline loss) are the same for any π,
+  # as PPO's are fixed over an update's epochs.
+  inputs = _with_proximal(_random_categorical(12, masked=[]), np.zeros((4, 2, 3)))
+  moved = dict(inputs, logits=inputs["logits"] + _f32(np.random.default_rng(0).normal(
+      size=(4, 2, 3))))
+  _, metrics = _appo(inputs)
+  _, moved_metrics = _appo(moved)
+  for name in ("vs_mean", "pg_advantage_mean", "baseline_loss", "rho_mean"):
+    np.testing.assert_allclose(moved_metrics[name], metrics[name], rtol=1e-6, err_msg=name)
+  assert abs(float(moved_metrics["policy_loss"]) - float(metrics["policy_loss"])) > 1e-4
