@@ -106,6 +106,9 @@ def _define_optimizer_flags(d: Dict[str, Any]) -> None:
 def _define_run_flags(d: Dict[str, Any]) -> None:
   flags.DEFINE_integer("total_env_steps", d["total_env_steps"],
                        "Agent steps (not frames) for the learner to consume.")
+  flags.DEFINE_float("stop_at_score", None, "End the run (with a checkpoint) once the mean "
+                     "real return of the last 20 games reaches this; unset: run to "
+                     "--total_env_steps.")
   flags.DEFINE_integer("seed", 0, "Seeds parameters, action sampling and environments.")
   flags.DEFINE_string("logdir", d["logdir"], "Run directory: metrics.csv, TensorBoard events, "
                       "checkpoints/.")
@@ -250,7 +253,7 @@ def config_from_flags() -> config_lib.TrainConfig:
       batch_size=f.batch_size, num_epochs=f.num_epochs, num_minibatches=f.num_minibatches,
       queue_capacity=f.queue_capacity or None,
       inference_batch_wait_ms=f.inference_batch_wait_ms, total_env_steps=f.total_env_steps,
-      seed=f.seed, logdir=f.logdir, resume=f.resume,
+      stop_at_score=f.stop_at_score, seed=f.seed, logdir=f.logdir, resume=f.resume,
       checkpoint_interval_minutes=f.checkpoint_interval_minutes,
       log_interval_seconds=f.log_interval_seconds, remote_envs=remote_config_from_flags(),
       max_batch_wait_minutes=f.max_batch_wait_minutes,

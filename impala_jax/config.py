@@ -10,6 +10,7 @@ modules that dispatch on a name all read these tuples.
 """
 
 import dataclasses
+import math
 import os
 from typing import Optional, Tuple
 
@@ -359,6 +360,9 @@ class TrainConfig:
     inference_batch_wait_ms: how long the inference server waits for more requests after the
       first one arrives before running a batch (SEED's dynamic batching window).
     total_env_steps: stop after the learner has consumed this many agent steps.
+    stop_at_score: stop earlier, once the score (the mean real return of the last 20 games
+      finished, `runtime.telemetry.RECENT_EPISODES`, judged at each metrics row) reaches
+      this; None: run to total_env_steps.
     seed: seeds parameters, action sampling and the environments.
     logdir: run directory (metrics.csv, TensorBoard events, checkpoints/).
     resume: continue from the latest checkpoint in `logdir`.
@@ -385,6 +389,7 @@ class TrainConfig:
   queue_capacity: Optional[int] = None
   inference_batch_wait_ms: float = 1.0
   total_env_steps: int = 50_000_000
+  stop_at_score: Optional[float] = None
   seed: int = 0
   logdir: str = "runs/impala"
   resume: bool = False
@@ -421,6 +426,8 @@ class TrainConfig:
              f"({self.batch_size}), or the learner could never fill a batch.")
     _require(self.total_env_steps >= 1,
              f"total_env_steps must be >= 1, got {self.total_env_steps}.")
+    _require(self.stop_at_score is None or math.isfinite(self.stop_at_score),
+             f"stop_at_score must be a finite number, got {self.stop_at_score}.")
     _require(self.inference_batch_wait_ms >= 0,
              f"inference_batch_wait_ms must be >= 0, got {self.inference_batch_wait_ms}.")
 

@@ -31,7 +31,7 @@ class BatchSource(Protocol):
 
 class LoopResult(NamedTuple):
   env_steps: int
-  stop_reason: str  # "completed" | "signal"
+  stop_reason: str  # "completed" | "signal" | "score_reached"
 
 
 class UnrollQueueSource:
@@ -83,8 +83,10 @@ class UnrollQueueSource:
       self.seconds["batch_wait"] += time.perf_counter() - start
 
 
-# What a process reports before each update (`agree`): go on, stop (asked to), or failed.
-CONTINUE, STOP, FAILED = 0, 1, 2
+# What a process reports before each update (`agree`), in order of severity: go on, stop (the
+# target score is reached), stop (asked to), or failed.
+CONTINUE, SCORE_REACHED, STOP, FAILED = 0, 1, 2, 3
+_STOP_REASONS = {SCORE_REACHED: "score_reached", STOP: "signal"}
 
 
 def _alone(code: int) -> Tuple[int, int]:
@@ -93,11 +95,12 @@ def _alone(code: int) -> Tuple[int, int]:
 
 
 class LearnerLoop:
-  """Runs updates until `total_env_steps` agent steps are consumed or the source says stop.
+  """Runs updates until `total_env_steps` agent steps are consumed, `score_reached()` says the
+  run has reached its target score, or the source says stop.
 
   `agree(code) -> (code, process)` makes the decision to go on collective in a multi-process
-  learner (`distributed.multihost.StopAgreement`): every process reports CONTINUE, STOP or
-  FAILED before each update and all act on the most severe, so none is left waiting in an
+  learner (`distributed.multihost.StopAgreement`): every process reports CONTINUE,
+  SCORE_REACHED, STOP or FAILED before each update and all act on the most severe, so none is left waiting in an
   update's all-reduce that the others never join. `after_update()` is called after each one
   (the multi-process watchdog's heartbeat).
   """
@@ -106,8 +109,10 @@ class LearnerLoop:
                publish: Callable[[Any, int], None], telemetry: Any, checkpoints: Any,
                steps_per_update: int, total_env_steps: int, env_steps: int = 0,
                agree: Callable[[int], Tuple[int, int]] = _alone,
-               after_update: Callable[[], None] = lambda: None):
+               after_update: Callable[[], None] = lambda: None,
+               score_reached: Callable[[], bool] = lambda: False):
     self._agree = agree
+    self._score_reached = score_reached
     self._after_update = after_update
     self._batches = batches
     self._learner = learner
@@ -123,9 +128,9 @@ class LearnerLoop:
     stop_reason = "completed"
     try:
       while self.env_steps < self._total_env_steps:
-        unrolls = self._next_batch()
+        unrolls, code = self._next_batch()
         if unrolls is None:
-          stop_reason = "signal"
+          stop_reason = _STOP_REASONS[code]
           break
         metrics = self._update(unrolls)
         self.env_steps += self._steps_per_update
@@ -139,21 +144,25 @@ class LearnerLoop:
       self._checkpoints.save(self.env_steps)
     return LoopResult(self.env_steps, stop_reason)
 
-  def _next_batch(self) -> Optional[List[types.Unroll]]:
-    """The next batch if every process has one; None if one was asked to stop; raises if one
-    failed (this process's own error, or one that names the process that failed)."""
-    failure = None
-    try:
-      unrolls = self._batches.next_batch()
-    except Exception as e:  # pylint: disable=broad-except
-      failure, unrolls = e, None
-    code = FAILED if failure else (STOP if unrolls is None else CONTINUE)
+  def _next_batch(self) -> Tuple[Optional[List[types.Unroll]], int]:
+    """(the next batch, CONTINUE) if every process has one; (None, the agreed code) if one
+    reached the target score or was asked to stop; raises if one failed (this process's own
+    error, or one that names the process that failed)."""
+    failure, unrolls = None, None
+    if self._score_reached():  # Process 0's score (its telemetry) ends every process's run.
+      code = SCORE_REACHED
+    else:
+      try:
+        unrolls = self._batches.next_batch()
+      except Exception as e:  # pylint: disable=broad-except
+        failure = e
+      code = FAILED if failure else (STOP if unrolls is None else CONTINUE)
     agreed, origin = self._agree(code)
     if failure is not None:
       raise failure
     if agreed == FAILED:
       raise RuntimeError(f"Process {origin} failed (see its log); every process stops.")
-    return unrolls if agreed == CONTINUE else None
+    return (unrolls, agreed) if agreed == CONTINUE else (None, agreed)
 
   def _update(self, unrolls: List[types.Unroll]):
     version_before = self._learner.update_step

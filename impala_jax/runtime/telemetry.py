@@ -124,6 +124,13 @@ class Telemetry:
     self._last_env_steps = env_steps
     self.episode_returns: List[float] = []  # Real scores of this session's episodes, in order.
 
+  def recent_score(self) -> Optional[float]:
+    """The score as of the last row: the mean real return of the last `RECENT_EPISODES` games,
+    or None until that many have finished (one lucky game is not a score)."""
+    if len(self._recent) < RECENT_EPISODES:
+      return None
+    return float(np.mean(self._recent))
+
   def record(self, metrics: Mapping[str, float], env_steps: int) -> None:
     self._window.add(metrics)
     self._bar.update(env_steps - self._last_env_steps)

@@ -48,7 +48,7 @@ class RunSummary(NamedTuple):
   wall_seconds: float
   steps_per_second: float  # agent steps consumed by the learner per second, this session
   episode_returns: List[float]  # real scores of all episodes finished this session, in order
-  stop_reason: str  # "completed" | "signal"
+  stop_reason: str  # "completed" | "signal" | "score_reached"
 
 
 class TrainingRun:
@@ -124,6 +124,9 @@ class TrainingRun:
         checkpoints=outputs.schedule(learner, lambda: time.monotonic() - start_time),
         steps_per_update=config.steps_per_update,
         total_env_steps=config.total_env_steps, env_steps=env_steps,
+        # Judged on the score process 0 logs; the loop's agreement stops the other processes.
+        score_reached=lambda: outputs.primary and _reached(telemetry.recent_score(),
+                                                           config.stop_at_score),
         **(dict(agree=multihost.StopAgreement(), after_update=watchdog.beat) if watchdog
            else {}))
     try:
@@ -164,6 +167,10 @@ class TrainingRun:
       learner.restore(state)
       env_steps = int(steps)
     return env_steps, trained_seconds
+
+
+def _reached(score: Optional[float], target: Optional[float]) -> bool:
+  return target is not None and score is not None and score >= target
 
 
 class _Outputs:

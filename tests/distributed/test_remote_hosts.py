@@ -42,7 +42,7 @@ def test_two_env_hosts_solve_cartpole_through_a_kill_and_a_rejoin(tmp_path, proc
   learner = processes.start("learner", [
       os.path.join(REPO, "experiments", "control.py"), "--listen=127.0.0.1:0",
       f"--token_file={token_file}", "--num_actor_threads=0", f"--logdir={logdir}",
-      "--total_env_steps=300000", "--seed=0", "--progress=false",
+      "--total_env_steps=300000", "--stop_at_score=475", "--seed=0", "--progress=false",
       "--log_interval_seconds=2", "--host_lease_seconds=10"])
   port = int(_wait_for(lambda: re.search(r"Serving env hosts on .* \(port (\d+)\)",
                                          _read(learner.log_path)), 120, "the server").group(1))
@@ -50,14 +50,15 @@ def test_two_env_hosts_solve_cartpole_through_a_kill_and_a_rejoin(tmp_path, proc
   _host(processes, "host_b", port, token_file, seed=200)
   _wait_for(lambda: _read(learner.log_path).count(" joined ") >= 2, 120, "two hosts")
 
-  # Mid-run, one host dies without a word: training goes on with the other.
-  _wait_for(lambda: any(int(r["env_steps"]) > 60_000 for r in _metrics(logdir)), 240,
-            "60k env steps")
+  # Early in the run (CartPole is solved after 150k-250k steps), one host dies without a word:
+  # training goes on with the other.
+  _wait_for(lambda: any(int(r["env_steps"]) > 40_000 for r in _metrics(logdir)), 240,
+            "40k env steps")
   first.send_signal(signal.SIGKILL)
   first.wait(timeout=30)
   _wait_for(lambda: " left after " in _read(learner.log_path), 60, "the dead host's removal")
   steps_at_kill = int(_metrics(logdir)[-1]["env_steps"])
-  _wait_for(lambda: int(_metrics(logdir)[-1]["env_steps"]) > steps_at_kill + 20_000, 120,
+  _wait_for(lambda: int(_metrics(logdir)[-1]["env_steps"]) > steps_at_kill + 15_000, 120,
             "progress with one host")
   # Restarted, it joins again as a new session.
   _host(processes, "host_a_again", port, token_file, seed=300)
@@ -67,8 +68,9 @@ def test_two_env_hosts_solve_cartpole_through_a_kill_and_a_rejoin(tmp_path, proc
 
   assert learner.wait(timeout=600) == 0, _read(learner.log_path)[-3000:]
   rows = [r for r in _metrics(logdir) if r["episode_return"]]
-  solved = [r for r in rows if float(r["episode_return"]) >= 475 and int(r["episodes"]) >= 5]
-  best = max(float(r["episode_return"]) for r in rows)
-  assert solved, f"best mean return {best:.1f} < 475 within 300k steps"
+  best = max(float(r["recent_episode_return"]) for r in rows)
+  assert "Done (score_reached)" in _read(learner.log_path), (
+      f"best score {best:.1f} < 475 within 300k steps")
+  assert float(rows[-1]["recent_episode_return"]) >= 475
   # Every step came from the hosts (the gauge is read a moment before the last update).
   assert int(rows[-1]["remote_env_steps"]) >= 0.95 * int(rows[-1]["env_steps"])

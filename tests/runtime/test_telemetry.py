@@ -1,4 +1,4 @@
-"""Tests for impala_jax.runtime.telemetry: the human-normalised score column on Atari."""
+"""Tests for impala_jax.runtime.telemetry: the score, and its human-normalised column on Atari."""
 
 import queue
 import time
@@ -55,3 +55,23 @@ def test_other_tasks_have_no_hns_column():
   telemetry.record({"loss": 1.0}, env_steps=10)
   telemetry.flush(10)
   assert rows and all("recent_human_normalized_score" not in row for row in rows)
+
+
+def test_recent_score_needs_a_full_window_and_follows_the_rows():
+  telemetry, rows, episodes = _telemetry(None)
+  for i in range(telemetry_lib.RECENT_EPISODES - 1):
+    episodes.put(types.EpisodeStats(episode_return=500.0, episode_length=500))
+  telemetry.record({"loss": 1.0}, env_steps=10)
+  assert telemetry.recent_score() is None  # 19 games: one short of a score.
+  episodes.put(types.EpisodeStats(episode_return=100.0, episode_length=100))
+  assert telemetry.recent_score() is None  # Finished, but not yet in a row.
+  telemetry.record({"loss": 1.0}, env_steps=20)
+  expected = (500.0 * (telemetry_lib.RECENT_EPISODES - 1) + 100.0) / telemetry_lib.RECENT_EPISODES
+  assert telemetry.recent_score() == expected == rows[-1]["recent_episode_return"]
+  for _ in range(telemetry_lib.RECENT_EPISODES - 1):
+    episodes.put(types.EpisodeStats(episode_return=500.0, episode_length=500))
+  telemetry.record({"loss": 1.0}, env_steps=30)
+  assert telemetry.recent_score() == expected  # The 100 is still among the last 20 ...
+  episodes.put(types.EpisodeStats(episode_return=500.0, episode_length=500))
+  telemetry.record({"loss": 1.0}, env_steps=40)
+  assert telemetry.recent_score() == 500.0  # ... and now it is not.
