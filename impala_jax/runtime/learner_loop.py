@@ -100,9 +100,9 @@ class LearnerLoop:
 
   `agree(code) -> (code, process)` makes the decision to go on collective in a multi-process
   learner (`distributed.multihost.StopAgreement`): every process reports CONTINUE,
-  SCORE_REACHED, STOP or FAILED before each update and all act on the most severe, so none is left waiting in an
-  update's all-reduce that the others never join. `after_update()` is called after each one
-  (the multi-process watchdog's heartbeat).
+  SCORE_REACHED, STOP or FAILED before each update and all act on the most severe, so none is
+  left waiting in an update's all-reduce that the others never join. `after_update()` is
+  called after each one (the multi-process watchdog's heartbeat).
   """
 
   def __init__(self, *, batches: BatchSource, learner: Any,

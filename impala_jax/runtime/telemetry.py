@@ -123,13 +123,12 @@ class Telemetry:
                           disable=not show_progress, dynamic_ncols=True, smoothing=0.1)
     self._last_env_steps = env_steps
     self.episode_returns: List[float] = []  # Real scores of this session's episodes, in order.
+    self._score: Optional[float] = None
 
   def recent_score(self) -> Optional[float]:
     """The score as of the last row: the mean real return of the last `RECENT_EPISODES` games,
     or None until that many have finished (one lucky game is not a score)."""
-    if len(self._recent) < RECENT_EPISODES:
-      return None
-    return float(np.mean(self._recent))
+    return self._score
 
   def record(self, metrics: Mapping[str, float], env_steps: int) -> None:
     self._window.add(metrics)
@@ -150,6 +149,8 @@ class Telemetry:
     finished = drain(self._episodes)
     self.episode_returns.extend(e.episode_return for e in finished)
     self._recent.extend(e.episode_return for e in finished)
+    if len(self._recent) == RECENT_EPISODES:
+      self._score = float(np.mean(self._recent))
     now = time.monotonic()
     self._episode_writer.write(env_steps, now - self._start_time, finished)
     elapsed = max(now - window.start, 1e-9)
