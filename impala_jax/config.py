@@ -15,10 +15,10 @@ import os
 from typing import Optional, Tuple
 
 # Network torsos (`networks.torsos.make_torso`).
-TORSOS = ("shallow", "deep", "mlp")
+TORSOS = ("shallow", "nature", "deep", "mlp")
 # The convolutional torsos: they take images [C, H, W], and the learner unrolls its optimizer
 # steps for them rather than scanning (`learning.update`).
-IMAGE_TORSOS = ("shallow", "deep")
+IMAGE_TORSOS = ("shallow", "nature", "deep")
 # How the loss's per-step terms are reduced over time and batch (`rl.losses`).
 REDUCTIONS = ("sum", "mean")
 # Optimizers (`learning.optimizers.make_optimizer`).

@@ -18,5 +18,6 @@ from impala_jax.networks.heads import ValueHead
 from impala_jax.networks.torsos import DeepResNetTorso
 from impala_jax.networks.torsos import make_torso
 from impala_jax.networks.torsos import MLPTorso
+from impala_jax.networks.torsos import NatureTorso
 from impala_jax.networks.torsos import ShallowTorso
 from impala_jax.networks.torsos import SpaceToDepthConv

@@ -63,13 +63,14 @@ class ImpalaNetwork(nn.Module):
   (continuous actions, diagonal-Gaussian policy) must be set.
 
   Attributes:
-    torso: "shallow" (Mnih et al. 2016), "deep" (IMPALA ResNet, paper Fig. 3) or "mlp".
+    torso: "shallow" (Mnih et al. 2016), "nature" (Mnih et al. 2015), "deep" (IMPALA ResNet,
+      paper Fig. 3) or "mlp".
     num_actions: number of discrete actions, or None.
     action_dim: size of a continuous action, or None.
     use_lstm: add an LSTM core between torso and heads.
     lstm_size: LSTM hidden units.
     mlp_hidden_sizes: hidden layers of the MLP torso (ignored by the others).
-    space_to_depth: the shallow torso's convolutions as `SpaceToDepthConv` (faster on CPU,
+    space_to_depth: the shallow and nature torsos' convolutions as `SpaceToDepthConv` (faster on CPU,
       identical parameters and outputs); False gives plain `nn.Conv`.
   """
 
@@ -192,8 +193,8 @@ def network_for_spec(network_config: config_lib.NetworkConfig, spec) -> ImpalaNe
   a diagonal-Gaussian one for continuous actions.
 
   Raises:
-    ValueError: an image torso ("shallow", "deep") for observations that are not images
-      `[C, H, W]`, or images too small for the shallow torso's convolutions.
+    ValueError: an image torso ("shallow", "nature", "deep") for observations that are not
+      images `[C, H, W]`, or images too small for the torso's 'VALID' convolutions.
   """
   check_observations(network_config.torso, spec.observation_shape)
   if spec.discrete:
@@ -201,8 +202,9 @@ def network_for_spec(network_config: config_lib.NetworkConfig, spec) -> ImpalaNe
   return make_network(network_config, action_dim=spec.action_dim)
 
 
-# The shallow torso's two VALID convolutions (8×8/4, 4×4/2) need at least 20 pixels a side.
-_SHALLOW_MIN_SIZE = 20
+# The smallest images the 'VALID' convolutions of each torso can take: shallow (8×8/4, 4×4/2)
+# needs 20 pixels a side; nature (8×8/4, 4×4/2, 3×3/1) 36. The deep torso pads.
+_MIN_IMAGE_SIZES = {"shallow": 20, "nature": 36}
 
 
 def check_observations(torso: str, observation_shape) -> None:
@@ -213,11 +215,11 @@ def check_observations(torso: str, observation_shape) -> None:
       raise ValueError(
           f"The {torso!r} torso takes image observations [C, H, W]; this environment observes "
           f"shape {shape}. Use --network=mlp for vector observations.")
-    if torso == "shallow" and min(shape[1:]) < _SHALLOW_MIN_SIZE:
+    min_size = _MIN_IMAGE_SIZES.get(torso, 1)
+    if min(shape[1:]) < min_size:
       raise ValueError(
-          f"The 'shallow' torso needs images of at least {_SHALLOW_MIN_SIZE}×"
-          f"{_SHALLOW_MIN_SIZE} pixels; this environment observes [C, H, W] = {shape}. Use "
-          "--network=deep for small images.")
+          f"The {torso!r} torso needs images of at least {min_size}×{min_size} pixels; this "
+          f"environment observes [C, H, W] = {shape}. Use --network=deep for small images.")
 
 
 def init_params(network: ImpalaNetwork, spec, seed: int):

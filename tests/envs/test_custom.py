@@ -321,6 +321,9 @@ def test_images_become_channel_first_and_box_actions_gaussian():
   networks.network_for_spec(NetworkConfig("deep"), spec)
   with pytest.raises(ValueError, match=r"'shallow' torso needs images of at least 20"):
     networks.network_for_spec(NetworkConfig("shallow"), spec)
+  with pytest.raises(ValueError, match=r"'nature' torso needs images of at least 36×36 pixels; "
+                     r"this environment observes \[C, H, W\] = \(3, 6, 5\)"):
+    networks.network_for_spec(NetworkConfig("nature"), spec)
   vector_spec = envs.env_spec(EnvConfig(CORRIDOR))
   with pytest.raises(ValueError, match=r"'deep' torso takes image observations \[C, H, W\]; "
                      r"this environment observes shape \(8,\)\. Use --network=mlp"):

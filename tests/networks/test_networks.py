@@ -55,7 +55,7 @@ def _abstract_params(network, observation_shape, dtype):
 
 @pytest.mark.parametrize("use_lstm", [False, True], ids=["ff", "lstm"])
 @pytest.mark.parametrize("head", ["categorical", "gaussian"])
-@pytest.mark.parametrize("torso", ["shallow", "deep", "mlp"])
+@pytest.mark.parametrize("torso", ["shallow", "nature", "deep", "mlp"])
 def test_output_shapes_and_dtypes(torso, head, use_lstm):
   lstm_size = 32
   action_kwargs = ({"num_actions": NUM_ACTIONS} if head == "categorical" else
@@ -411,6 +411,7 @@ def test_wrong_core_state_or_observation_raises():
     (4, 2, 20, jnp.float32),  # Its second layer.
     (4, 2, 21, jnp.float32),  # A height the stride does not divide: trailing row unused.
     (6, 3, 17, jnp.float32),
+    (3, 1, 9, jnp.float32),  # The nature torso's third layer: 1×1 blocks, nine shifts.
 ])
 def test_space_to_depth_conv_matches_nn_conv_values_and_gradients(kernel_size, stride, height,
                                                                   dtype):
@@ -441,9 +442,22 @@ def test_space_to_depth_conv_matches_nn_conv_values_and_gradients(kernel_size, s
                grads_fast, grads_plain)
 
 
-def test_shallow_torso_is_the_same_function_with_or_without_space_to_depth():
+@pytest.mark.parametrize("torso_class", [networks.ShallowTorso, networks.NatureTorso])
+def test_conv_torsos_are_the_same_function_with_or_without_space_to_depth(torso_class):
   x = jnp.asarray(np.random.default_rng(2).integers(0, 256, (2, 4, 84, 84)), jnp.uint8)
-  fast, plain = networks.ShallowTorso(True), networks.ShallowTorso(False)
+  fast, plain = torso_class(True), torso_class(False)
   params = fast.init(jax.random.PRNGKey(0), x)
+  assert jax.tree.map(jnp.shape, params) == jax.tree.map(
+      jnp.shape, plain.init(jax.random.PRNGKey(0), x))
   np.testing.assert_allclose(fast.apply(params, x), plain.apply(params, x), rtol=1e-4,
                              atol=1e-5)
+
+
+def test_nature_torso_is_the_dqn_network():
+  """Mnih et al. 2015: 32·8×8/4, 64·4×4/2, 64·3×3/1, FC 512 (on 84×84: a 7×7×64 map)."""
+  x = np.zeros((1, 4, 84, 84), np.uint8)
+  params = networks.NatureTorso().init(jax.random.PRNGKey(0), x)["params"]
+  shapes = {name: layer["kernel"].shape for name, layer in params.items()}
+  assert shapes == {"Conv_0": (8, 8, 4, 32), "Conv_1": (4, 4, 32, 64),
+                    "Conv_2": (3, 3, 64, 64), "Dense_0": (7 * 7 * 64, 512)}
+  assert networks.NatureTorso().apply({"params": params}, x).shape == (1, 512)
