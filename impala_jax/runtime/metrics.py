@@ -9,7 +9,7 @@ restored, and the run is about to record those steps again. TensorBoard purges t
 import csv
 import math
 import os
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
 from tensorboardX import SummaryWriter
@@ -80,6 +80,9 @@ class EpisodeWriter:
     path = os.path.join(logdir, "episodes.csv")
     drop_rows_after(path, start_step)
     new = not os.path.exists(path) or os.path.getsize(path) == 0
+    # The real scores of the games the resumed-from run finished (up to its checkpoint), in
+    # order, so that the score over the last games carries on across a resume.
+    self.previous_returns: List[float] = [] if new else _episode_returns(path)
     self._file = open(path, "a", newline="")
     self._writer = csv.writer(self._file)
     if new:
@@ -94,6 +97,11 @@ class EpisodeWriter:
 
   def close(self) -> None:
     self._file.close()
+
+
+def _episode_returns(path: str) -> List[float]:
+  with open(path, newline="") as f:
+    return [float(row["episode_return"]) for row in csv.DictReader(f)]
 
 
 def drop_rows_after(path: str, step: int) -> int:
@@ -127,6 +135,8 @@ def drop_rows_after(path: str, step: int) -> int:
 
 class NullWriter:
   """A writer that keeps nothing: what processes other than 0 of a multi-process run use."""
+
+  previous_returns: Sequence[float] = ()
 
   def write(self, *args, **kwargs) -> None:
     del args, kwargs

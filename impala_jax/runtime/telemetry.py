@@ -111,7 +111,8 @@ class Telemetry:
     self._writer = writer
     self._episode_writer = episode_writer
     self._episodes = episodes
-    self._recent = collections.deque(maxlen=RECENT_EPISODES)
+    # A resumed run's score window starts with the games before its checkpoint.
+    self._recent = collections.deque(episode_writer.previous_returns, maxlen=RECENT_EPISODES)
     self._phases = phases
     self._gauges = gauges
     self._interval = log_interval_seconds
@@ -123,11 +124,13 @@ class Telemetry:
                           disable=not show_progress, dynamic_ncols=True, smoothing=0.1)
     self._last_env_steps = env_steps
     self.episode_returns: List[float] = []  # Real scores of this session's episodes, in order.
-    self._score: Optional[float] = None
+    self._score: Optional[float] = (float(np.mean(self._recent))
+                                    if len(self._recent) == RECENT_EPISODES else None)
 
   def recent_score(self) -> Optional[float]:
     """The score as of the last row: the mean real return of the last `RECENT_EPISODES` games,
-    or None until that many have finished (one lucky game is not a score)."""
+    or None until that many have finished (one lucky game is not a score). A resumed run
+    counts the games its checkpoint covers (from `episodes.csv`), as if it had not stopped."""
     return self._score
 
   def record(self, metrics: Mapping[str, float], env_steps: int) -> None:

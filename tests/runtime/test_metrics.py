@@ -15,6 +15,7 @@ def test_resumed_writers_drop_rows_past_the_checkpoint_and_append(tmp_path):
   logdir = str(tmp_path)
   writer = metrics.MetricsWriter(logdir, start_step=0)
   episodes = metrics.EpisodeWriter(logdir, start_step=0)
+  assert episodes.previous_returns == []
   for step in (100, 200, 300):
     writer.write(dict(env_steps=step, wall_seconds=step / 10, loss=1.0, extra=2.0))
     episodes.write(step, step / 10, [_Episode(float(step))])
@@ -23,6 +24,8 @@ def test_resumed_writers_drop_rows_past_the_checkpoint_and_append(tmp_path):
 
   resumed = metrics.MetricsWriter(logdir, start_step=200)  # The checkpoint was at step 200.
   resumed_episodes = metrics.EpisodeWriter(logdir, start_step=200)
+  # The games up to the checkpoint, for the score window (runtime.telemetry).
+  assert resumed_episodes.previous_returns == [100.0, 200.0]
   resumed.write(dict(env_steps=250, wall_seconds=25.0, loss=0.5, extra=3.0))
   resumed_episodes.write(250, 25.0, [_Episode(-1.0)])
   resumed.close()

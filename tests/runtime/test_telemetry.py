@@ -20,15 +20,18 @@ class _Rows:
 
 class _Episodes:
 
+  def __init__(self, previous_returns=()):
+    self.previous_returns = list(previous_returns)
+
   def write(self, env_steps, wall_seconds, episodes):
     pass
 
 
-def _telemetry(score_to_hns):
+def _telemetry(score_to_hns, previous_returns=()):
   rows = _Rows()
   episodes = queue.SimpleQueue()
   telemetry = telemetry_lib.Telemetry(
-      rows, episode_writer=_Episodes(), episodes=episodes,
+      rows, episode_writer=_Episodes(previous_returns), episodes=episodes,
       phases=telemetry_lib.PhaseTimer([]), gauges=dict, log_interval_seconds=0.0,
       total_env_steps=100, env_steps=0, start_time=time.monotonic(), show_progress=False,
       score_to_hns=score_to_hns)
@@ -75,3 +78,22 @@ def test_recent_score_needs_a_full_window_and_follows_the_rows():
   episodes.put(types.EpisodeStats(episode_return=500.0, episode_length=500))
   telemetry.record({"loss": 1.0}, env_steps=40)
   assert telemetry.recent_score() == 500.0  # ... and now it is not.
+
+
+def test_a_resumed_run_scores_the_games_before_its_checkpoint_too():
+  window = telemetry_lib.RECENT_EPISODES
+  # The earlier session finished more than a window of games: the last 20 count, at once.
+  telemetry, rows, episodes = _telemetry(None, [0.0] * 5 + [10.0] * window)
+  assert telemetry.recent_score() == 10.0
+  episodes.put(types.EpisodeStats(episode_return=30.0, episode_length=100))
+  telemetry.record({"loss": 1.0}, env_steps=10)
+  assert telemetry.recent_score() == (10.0 * (window - 1) + 30.0) / window
+  assert rows[-1]["recent_episode_return"] == telemetry.recent_score()
+  assert telemetry.episode_returns == [30.0]  # This session's games only.
+
+  # One game short of a window before the checkpoint: the first new game completes it.
+  telemetry, rows, episodes = _telemetry(None, [10.0] * (window - 1))
+  assert telemetry.recent_score() is None
+  episodes.put(types.EpisodeStats(episode_return=30.0, episode_length=100))
+  telemetry.record({"loss": 1.0}, env_steps=10)
+  assert telemetry.recent_score() == (10.0 * (window - 1) + 30.0) / window
