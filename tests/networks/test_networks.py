@@ -369,7 +369,7 @@ def test_torso_runs_outside_the_time_scan():
 @pytest.mark.parametrize("kwargs,message", [
     ({"torso": "deep"}, "exactly one of num_actions"),
     ({"torso": "deep", "num_actions": 4, "action_dim": 2}, "exactly one of num_actions"),
-    ({"torso": "resnet50", "num_actions": 4}, "accepted: shallow, deep, mlp"),
+    ({"torso": "resnet50", "num_actions": 4}, "accepted: shallow, nature, deep, mlp"),
     ({"torso": "deep", "num_actions": 0}, "num_actions must be >= 1"),
     ({"torso": "mlp", "action_dim": 0}, "action_dim must be >= 1"),
     ({"torso": "mlp", "num_actions": 2, "use_lstm": True, "lstm_size": 0}, "lstm_size"),
