@@ -70,8 +70,8 @@ class ImpalaNetwork(nn.Module):
     use_lstm: add an LSTM core between torso and heads.
     lstm_size: LSTM hidden units.
     mlp_hidden_sizes: hidden layers of the MLP torso (ignored by the others).
-    space_to_depth: the shallow and nature torsos' convolutions as `SpaceToDepthConv` (faster on CPU,
-      identical parameters and outputs); False gives plain `nn.Conv`.
+    space_to_depth: the shallow and nature torsos' convolutions as `SpaceToDepthConv`
+      (faster on CPU, identical parameters and outputs); False gives plain `nn.Conv`.
   """
 
   torso: str
