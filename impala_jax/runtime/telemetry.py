@@ -124,14 +124,16 @@ class Telemetry:
                           disable=not show_progress, dynamic_ncols=True, smoothing=0.1)
     self._last_env_steps = env_steps
     self.episode_returns: List[float] = []  # Real scores of this session's episodes, in order.
-    self._score: Optional[float] = (float(np.mean(self._recent))
-                                    if len(self._recent) == RECENT_EPISODES else None)
+    self._score = self._full_window_mean()
 
   def recent_score(self) -> Optional[float]:
     """The score as of the last row: the mean real return of the last `RECENT_EPISODES` games,
     or None until that many have finished (one lucky game is not a score). A resumed run
     counts the games its checkpoint covers (from `episodes.csv`), as if it had not stopped."""
     return self._score
+
+  def _full_window_mean(self) -> Optional[float]:
+    return float(np.mean(self._recent)) if len(self._recent) == RECENT_EPISODES else None
 
   def record(self, metrics: Mapping[str, float], env_steps: int) -> None:
     self._window.add(metrics)
@@ -152,8 +154,7 @@ class Telemetry:
     finished = drain(self._episodes)
     self.episode_returns.extend(e.episode_return for e in finished)
     self._recent.extend(e.episode_return for e in finished)
-    if len(self._recent) == RECENT_EPISODES:
-      self._score = float(np.mean(self._recent))
+    self._score = self._full_window_mean()
     now = time.monotonic()
     self._episode_writer.write(env_steps, now - self._start_time, finished)
     elapsed = max(now - window.start, 1e-9)
