@@ -105,7 +105,8 @@ def format_report(report: Mapping[str, Any]) -> str:
     lines += table("Raw EnvPool (random actions, async send/recv)", ["env steps/s", "frames/s"],
                    [("", [raw["env_steps_per_second"], raw["frames_per_second"]])])
     lines.append("")
-  sections = (("e2e", _e2e_table), ("learner", _learner_table), ("inference", _inference_table))
+  sections = (("e2e", _e2e_table), ("learner", _learner_table), ("inference", _inference_table),
+              ("pipeline", _pipeline_table))
   for key, section_table in sections:
     if report.get(key):
       lines += section_table(report, s)
@@ -173,6 +174,20 @@ def _inference_table(report: Mapping[str, Any], s: Mapping[str, Any]) -> List[st
              ("  latency ms (server)", [p["server_latency_ms"] for p in per])]
   return table(f"Inference only (one client thread, {s['inference_calls']} calls per "
                 "size)", names, rows)
+
+
+def _pipeline_table(report: Mapping[str, Any], s: Mapping[str, Any]) -> List[str]:
+  p = report["pipeline"]
+  rows = [("agent steps/s", [p["env_steps_per_second"]]),
+          ("host CPU µs per agent step", [p["host_us_per_step"]]),
+          ("  by stage (CPU µs per step):", [""])]
+  rows += [(f"    {k}", [v]) for k, v in p["stage_us_per_step"].items()]
+  rows += [("  wall fraction per thread:", [""])]
+  rows += [(f"    {k}", [v]) for k, v in p["wall_fractions"].items()]
+  return table(f"Host pipeline (synthetic envs, nearly free network, {p['num_actor_threads']} "
+               f"threads × {p['envs_per_thread']} envs, recv {p['recv_batch_size']}, "
+               f"{s['window_seconds']:.0f} s after {s['pipeline_warmup_seconds']:.0f} s)",
+               [""], rows)
 
 
 def write_json(path: str, report: Any) -> None:

@@ -12,6 +12,9 @@ Each measurement is a function in its own module that returns a dict:
              RSS and its growth (`memory`).
   learner    `learner_only`: the project's learner against a plain reference learner.
   inference  `inference_only`: the inference server at several batch sizes.
+  pipeline   `pipeline`: the host's own CPU per agent step, by stage, through the real actor →
+             inference → queue → learner path with synthetic environments and a nearly free
+             network, at an accelerator's layout (`--pipeline_layout`, 8 threads × 32 envs).
 
 This module is only the command line. The training flags are `experiments/common.py`'s, with
 experiments/atari.py's Pong defaults (`--helpfull` lists them); the rest are the benchmark's.
@@ -45,13 +48,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import end_to_end
 from benchmarks import inference_only
 from benchmarks import learner_only
+from benchmarks import pipeline
 from benchmarks import raw_envpool
 from benchmarks import report as report_lib
 from benchmarks import synthetic
 from experiments import common
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-MEASUREMENTS = ("raw", "e2e", "learner", "inference")
+MEASUREMENTS = ("raw", "e2e", "learner", "inference", "pipeline")
 
 # The e2e runs stop on a timer, never on their step budget: 1e8 updates' worth of agent steps
 # keeps it far away. (The learning-rate schedule's length is `--anneal_env_steps`, not this.)
@@ -88,8 +92,8 @@ def define_flags() -> None:
   ))
   for name, text in _HELP_HERE.items():
     flags.FLAGS[name].help = text
-  flags.DEFINE_list("measure", list(MEASUREMENTS), "Measurements to run: "
-                    f"{','.join(MEASUREMENTS)}.")
+  flags.DEFINE_list("measure", [m for m in MEASUREMENTS if m != "pipeline"],
+                    f"Measurements to run: {','.join(MEASUREMENTS)}.")
   flags.DEFINE_list("networks", ["shallow", "deep"], "Torsos for e2e, learner and inference.")
   flags.DEFINE_float("warmup_seconds", 30.0, "e2e: seconds since the training run started "
                      "that are left out of the measurement (set-up and compilation happen "
@@ -111,6 +115,9 @@ def define_flags() -> None:
   flags.DEFINE_list("inference_batch_sizes", ["1", "16", "32", "64"],
                     "inference: environments per call.")
   flags.DEFINE_integer("inference_calls", 100, "inference: timed calls per batch size.")
+  flags.DEFINE_string("pipeline_layout", "8x32", "pipeline: actor threads x envs per thread "
+                      "(an accelerator host's default layout; the recv batch is --env_batch_size).")
+  flags.DEFINE_float("pipeline_warmup_seconds", 10.0, "pipeline: seconds left out first.")
   flags.DEFINE_string("output", "benchmarks/results/throughput.json", "Where the JSON goes.")
 
 
@@ -163,9 +170,26 @@ def run_benchmarks(config: config_lib.TrainConfig, measure: Sequence[str],
       report["inference"][name] = inference_only.measure_inference(
           _with_network(config, name), settings["inference_batch_sizes"],
           settings["inference_calls"])
+  if "pipeline" in measure:
+    print(f"pipeline: {settings['pipeline_warmup_seconds'] + settings['window_seconds']:.0f} s",
+          flush=True)
+    report["pipeline"] = pipeline.measure_pipeline(
+        pipeline_config(config, settings["pipeline_layout"]),
+        settings["pipeline_warmup_seconds"], settings["window_seconds"])
   report["ratios"] = report_lib.ratios(report)
   report["machine"]["load_average_1min_at_end"] = os.getloadavg()[0]
   return report
+
+
+def pipeline_config(config: config_lib.TrainConfig, layout: str) -> config_lib.TrainConfig:
+  """`config` with the actor layout `layout` ("THREADSxENVS", e.g. "8x32")."""
+  try:
+    threads, num_envs = (int(n) for n in layout.lower().split("x"))
+  except ValueError:
+    raise ValueError(f"--pipeline_layout must be THREADSxENVS, e.g. 8x32; got {layout!r}.")
+  env = dataclasses.replace(config.env, num_envs=num_envs,
+                            batch_size=min(config.env.recv_batch_size, num_envs))
+  return dataclasses.replace(config, env=env, num_actor_threads=threads)
 
 
 def _config_and_settings() -> Tuple[config_lib.TrainConfig, Dict[str, Any]]:
@@ -191,6 +215,7 @@ def _config_and_settings() -> Tuple[config_lib.TrainConfig, Dict[str, Any]]:
   config.check_devices(jax.local_device_count())
   for name in f.networks:
     _with_network(config, name)  # Fail now, not after minutes of measuring.
+  pipeline_config(config, f.pipeline_layout)
   inference_batch_sizes = [int(b) for b in f.inference_batch_sizes]
   frames_per_env_step = synthetic.frames_per_step(config.env)  # Also checks the task id.
   settings = dict(
@@ -202,7 +227,8 @@ def _config_and_settings() -> Tuple[config_lib.TrainConfig, Dict[str, Any]]:
       raw_warmup_seconds=f.raw_warmup_seconds, log_interval_seconds=f.log_interval_seconds,
       memory_from_seconds=memory_from_seconds, learner_iters=f.learner_iters,
       inference_batch_sizes=inference_batch_sizes, inference_calls=f.inference_calls,
-      frames_per_env_step=frames_per_env_step, seed=f.seed)
+      frames_per_env_step=frames_per_env_step, seed=f.seed,
+      pipeline_layout=f.pipeline_layout, pipeline_warmup_seconds=f.pipeline_warmup_seconds)
   return config, settings
 
 

@@ -11,13 +11,13 @@ unrolls with the bootstrap overlap (see `impala_jax.types`).
 
 import dataclasses
 import queue
-import time
-from typing import Callable, List, Optional, Protocol
+from typing import Any, Callable, List, Optional, Protocol
 
 import numpy as np
 
 from impala_jax import config as config_lib
 from impala_jax import envs
+from impala_jax import stage_clock
 from impala_jax import types
 from impala_jax.acting import inference
 from impala_jax.acting import recorder as recorder_lib
@@ -60,7 +60,8 @@ class Actor(worker.Worker):
                client: InferenceClient,
                unroll_queue: "queue.Queue[types.Unroll]",
                unroll_length: int,
-               on_episode: Optional[Callable[[types.EpisodeStats], None]] = None):
+               on_episode: Optional[Callable[[types.EpisodeStats], None]] = None,
+               make_env: Callable[[config_lib.EnvConfig], Any] = envs.make_env):
     """Args:
       actor_id: this actor's index; its environments get the global ids
         [actor_id * num_envs, (actor_id + 1) * num_envs) at the inference server.
@@ -69,6 +70,7 @@ class Actor(worker.Worker):
       unroll_queue: bounded queue to the learner.
       unroll_length: T.
       on_episode: called (from this thread) with each finished episode's real score.
+      make_env: builds the pool from `env_config` (a benchmark passes a synthetic one).
     """
     self._actor_id = actor_id
     self._env_config = env_config
@@ -77,13 +79,18 @@ class Actor(worker.Worker):
     self._unroll_length = unroll_length
     self._on_episode = on_episode or (lambda stats: None)
     self._env_id_offset = actor_id * env_config.num_envs
+    self._make_env = make_env
     super().__init__(name=f"actor-{actor_id}", description=f"Actor thread actor-{actor_id}")
     self.env_steps = 0  # Read by other threads for throughput; ints are swapped atomically.
-    # Seconds this thread spent in each phase (read by the runtime for "where the time goes").
-    self.seconds = {"env": 0.0, "inference": 0.0, "bookkeeping": 0.0, "queue": 0.0}
+    # Where this thread's time goes (read by the runtime for the `time_*` columns).
+    self.clock = stage_clock.StageClock(("env", "inference", "bookkeeping", "queue"))
+
+  @property
+  def seconds(self):
+    return self.clock.wall
 
   def _run(self) -> None:
-    env = envs.make_env(self._env_config)
+    env = self._make_env(self._env_config)
     try:
       self._loop(env)
     finally:
@@ -92,19 +99,19 @@ class Actor(worker.Worker):
   def _loop(self, env) -> None:
     spec = envs.env_spec(env)
     recorder = recorder_lib.StepRecorder(self._env_config.num_envs, spec, self._unroll_length,
-                                         envs.is_atari(self._env_config.env_id))
+                                         spec.is_atari)
     env.async_reset()
-    seconds = self.seconds
-    clock = time.perf_counter
+    clock = self.clock
+    clock.restart()
     while not self._stop.is_set():
-      t0 = clock()
       observation, reward, terminated, truncated, info = env.recv()
       ids = np.asarray(info["env_id"])
       first = recorder.first(ids)
-      t1 = clock()
+      clock.lap("env")
       result = self._client.act(ids + self._env_id_offset, observation, first)
-      t2 = clock()
+      clock.lap("inference")
       env.send(envs.to_env_action(result.action, spec), ids)
+      clock.lap("env")
 
       # Bookkeeping overlaps with EnvPool stepping the environments just sent.
       episodes, unrolls = recorder.record(ids, observation, reward, terminated, truncated,
@@ -112,14 +119,10 @@ class Actor(worker.Worker):
       for episode in episodes:
         self._on_episode(episode)
       self.env_steps += len(ids)
-      t3 = clock()
+      clock.lap("bookkeeping")
       for unroll in unrolls:
         self._put(unroll)
-      t4 = clock()
-      seconds["env"] += t1 - t0
-      seconds["inference"] += t2 - t1
-      seconds["bookkeeping"] += t3 - t2
-      seconds["queue"] += t4 - t3
+      clock.lap("queue")
 
   def _put(self, unroll: types.Unroll) -> None:
     while not self._stop.is_set():

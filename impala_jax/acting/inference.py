@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from impala_jax import stage_clock
 from impala_jax import types
 from impala_jax.runtime import worker
 
@@ -138,6 +139,9 @@ class InferenceServer(worker.Worker):
     self._batched_envs = 0
     self._batched_requests = 0
     self._latency_s = 0.0
+    # The server thread's time: waiting for requests, assembling a batch, the policy call
+    # (device→host copy included), handing out results.
+    self.clock = stage_clock.StageClock(("wait", "assemble", "policy", "reply"))
 
   # -- lifetime ---------------------------------------------------------------------------------
 
@@ -200,8 +204,10 @@ class InferenceServer(worker.Worker):
   # -- the server thread ------------------------------------------------------------------------
 
   def _run(self) -> None:
+    self.clock.restart()
     while not self._stop.is_set():
       batch = self._gather()
+      self.clock.lap("wait")
       if batch:
         self._serve(batch)
 
@@ -243,12 +249,14 @@ class InferenceServer(worker.Worker):
     np.concatenate([r.observation for r in batch], out=observation[:n])
     first = np.zeros((padded,), bool)
     first[:n] = np.concatenate([r.first for r in batch])
+    self.clock.lap("assemble")
 
     params, version = self._params_and_version
     self._key, key = jax.random.split(self._key)
     self._state_table, action, log_prob, core_state = self._step(
         params, self._state_table, env_ids, observation, first, key)
     action, log_prob, core_state = jax.device_get((action, log_prob, core_state))
+    self.clock.lap("policy")
 
     offset = 0
     for request, size in zip(batch, sizes):
@@ -261,6 +269,7 @@ class InferenceServer(worker.Worker):
       self._batched_envs += n
       self._batched_requests += len(batch)
       self._latency_s += time.perf_counter() - start
+    self.clock.lap("reply")
 
   def _fail_pending(self, error: BaseException) -> None:
     while True:

@@ -18,6 +18,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from impala_jax import stage_clock
 from impala_jax import types
 from impala_jax.distributed import codecs
 from impala_jax.distributed import trajectory_store
@@ -52,10 +53,11 @@ class StoreBatchSource:
     self.rejected = 0  # Blobs that did not match the schema.
     self.bytes_received = 0
     self.unrolls_received = 0
-    self.seconds = {"batch_wait": 0.0}
+    self.clock = stage_clock.StageClock(("batch_wait",))
 
   def next_batch(self) -> Optional[List[types.Unroll]]:
-    start = last_unroll = last_warning = time.perf_counter()
+    self.clock.restart()
+    last_unroll = last_warning = time.perf_counter()
     unrolls: List[types.Unroll] = []
     try:
       while len(unrolls) < self._batch_size:
@@ -81,7 +83,7 @@ class StoreBatchSource:
                           self._store.url, len(unrolls), self._batch_size)
       return unrolls
     finally:
-      self.seconds["batch_wait"] += time.perf_counter() - start
+      self.clock.lap("batch_wait")
 
   def _collect_episodes(self) -> None:
     try:

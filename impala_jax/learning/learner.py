@@ -6,7 +6,6 @@ transfer, runs the update (`learning.update`) and returns host metrics. `params(
 current parameters to the inference server.
 """
 
-import time
 from typing import Any, Dict, Sequence
 
 import chex
@@ -15,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from impala_jax import config as config_lib
+from impala_jax import stage_clock
 from impala_jax import types
 from impala_jax.learning import optimizers
 from impala_jax.learning import update as update_lib
@@ -74,11 +74,16 @@ class Learner:
     # Host mirror of state.update_step: the runtime reads it every update, and reading the
     # device copy would add a device→host sync to the learner loop.
     self._update_step = 0
-    self.seconds = {"stack": 0.0, "transfer": 0.0, "update": 0.0}
+    self.clock = stage_clock.StageClock(("stack", "transfer", "update"))
     # Leading axis of a host batch = devices: each device receives its own slice directly.
     self._batch_sharding = jax.sharding.NamedSharding(
         jax.sharding.Mesh(np.array(self._devices), (_AXIS,)),
         jax.sharding.PartitionSpec(_AXIS))
+
+  @property
+  def seconds(self):
+    """Wall seconds spent stacking, transferring and updating (the `time_learner_*` columns)."""
+    return self.clock.wall
 
   @property
   def num_devices(self) -> int:
@@ -96,20 +101,17 @@ class Learner:
     `seconds` accumulates where the time goes: host-side stacking, the host→device transfer
     (one per leaf per device), and the update itself (device compute + metrics back to host).
     """
-    clock = time.perf_counter
-    t0 = clock()
+    clock = self.clock
+    clock.restart()
     batch = stack_unrolls(unrolls, self.num_devices)
-    t1 = clock()
+    clock.lap("stack")
     batch = jax.block_until_ready(jax.tree.map(self._to_devices, batch))
-    t2 = clock()
+    clock.lap("transfer")
     self._state, metrics = self._update(self._state, batch)
     metrics = {k: float(v[0]) for k, v in jax.device_get(metrics).items()}
     if metrics["finite"]:  # A non-finite update was not applied (see make_update_fn).
       self._update_step += 1
-    t3 = clock()
-    self.seconds["stack"] += t1 - t0
-    self.seconds["transfer"] += t2 - t1
-    self.seconds["update"] += t3 - t2
+    clock.lap("update")
     return metrics
 
   def _to_devices(self, x: np.ndarray) -> jax.Array:

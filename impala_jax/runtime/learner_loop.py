@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, List, NamedTuple, Optional, Protocol
 
 from absl import logging
 
+from impala_jax import stage_clock
 from impala_jax import types
 from impala_jax.runtime import worker
 
@@ -54,9 +55,14 @@ class UnrollQueueSource:
     self._workers = list(workers)
     self._max_wait_seconds = max_wait_seconds
     self._describe_sources = describe_sources
-    self.seconds = {"batch_wait": 0.0}  # Time spent waiting for unrolls ("time_*" columns).
+    self.clock = stage_clock.StageClock(("batch_wait",))  # Waiting for unrolls.
+
+  @property
+  def seconds(self):
+    return self.clock.wall
 
   def next_batch(self) -> Optional[List[types.Unroll]]:
+    self.clock.restart()
     start = time.perf_counter()
     last_unroll = last_warning = start
     try:
@@ -80,7 +86,7 @@ class UnrollQueueSource:
                             len(unrolls), self._batch_size, self._describe_sources())
       return unrolls
     finally:
-      self.seconds["batch_wait"] += time.perf_counter() - start
+      self.clock.lap("batch_wait")
 
 
 # What a process reports before each update (`agree`), in order of severity: go on, stop (the

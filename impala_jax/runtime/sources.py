@@ -69,8 +69,12 @@ def inference_batch_sizes(config: config_lib.TrainConfig) -> List[int]:
 
 def local_acting(config: config_lib.TrainConfig, spec: envs.EnvSpec, network: Any,
                  learner: Any, episodes: "queue.SimpleQueue[types.EpisodeStats]",
-                 stop: threading.Event) -> Acting:
-  """Actor threads and remote env hosts through the central inference server."""
+                 stop: threading.Event,
+                 make_env: Callable[[config_lib.EnvConfig], Any] = envs.make_env) -> Acting:
+  """Actor threads and remote env hosts through the central inference server.
+
+  `make_env` builds each actor's pool (`benchmarks/pipeline.py` passes synthetic ones).
+  """
   unroll_queue: "queue.Queue[types.Unroll]" = queue.Queue(maxsize=config.unroll_queue_capacity)
   server = inference.InferenceServer(
       network.apply, learner.params(), network.initial_state(1),
@@ -79,7 +83,7 @@ def local_acting(config: config_lib.TrainConfig, spec: envs.EnvSpec, network: An
       batch_wait_ms=config.inference_batch_wait_ms,
       expected_requests=config.num_actor_threads, initial_version=learner.update_step)
   actors = [actor_lib.Actor(i, env_config, server, unroll_queue, config.unroll_length,
-                            on_episode=episodes.put)
+                            on_episode=episodes.put, make_env=make_env)
             for i, env_config in enumerate(actor_lib.env_configs(config, learner.update_step))]
   remote = None
   if config.remote_envs is not None:
@@ -116,8 +120,8 @@ def local_acting(config: config_lib.TrainConfig, spec: envs.EnvSpec, network: An
   batches = learner_loop.UnrollQueueSource(
       unroll_queue, config.batch_size, stop.is_set, [server, *actors],
       max_wait_seconds=60 * config.max_batch_wait_minutes, describe_sources=describe)
-  phases = [("learner", lambda: batches.seconds, 1)]
-  phases += [("actor", lambda a=a: a.seconds, len(actors)) for a in actors]
+  phases = [("learner", batches.clock, 1), ("inference", server.clock, 1)]
+  phases += [("actor", a.clock, len(actors)) for a in actors]
   return Acting(batches, server.update_params, gauges, phases, start)
 
 
@@ -158,5 +162,5 @@ def store_acting(config: config_lib.TrainConfig, spec: envs.EnvSpec, network: An
     # Actor hosts wait for parameters: the learner's current ones go first.
     publisher.publish(learner.params(), learner.update_step, force=True)
 
-  return Acting(batches, publisher.publish, gauges, [("learner", lambda: batches.seconds, 1)],
+  return Acting(batches, publisher.publish, gauges, [("learner", batches.clock, 1)],
                 start)

@@ -19,6 +19,7 @@ import numpy as np
 import psutil
 import tqdm
 
+from impala_jax import stage_clock
 from impala_jax import types
 from impala_jax.runtime import metrics as metrics_lib
 
@@ -26,8 +27,8 @@ from impala_jax.runtime import metrics as metrics_lib
 # "last 100 episodes" of Atari papers would lag far behind on a short run).
 RECENT_EPISODES = 20
 
-# A phase counter: (name prefix, the component's `seconds` dict, threads it sums over).
-PhaseSource = Tuple[str, Callable[[], Mapping[str, float]], int]
+# A phase counter: (name prefix, the component's clock, threads it sums over).
+PhaseSource = Tuple[str, stage_clock.StageClock, int]
 
 
 class _Window:
@@ -57,8 +58,8 @@ class PhaseTimer:
 
   def _totals(self) -> Dict[str, Tuple[float, int]]:
     totals: Dict[str, Tuple[float, int]] = {}
-    for prefix, seconds, threads in self._sources:
-      for k, v in seconds().items():
+    for prefix, clock, threads in self._sources:
+      for k, v in clock.wall.items():
         name = f"{prefix}_{k}"
         total, _ = totals.get(name, (0.0, 0))
         totals[name] = (total + v, threads)

@@ -110,8 +110,7 @@ class TrainingRun:
                                     self._stop)
     telemetry = telemetry_lib.Telemetry(
         outputs.writer, episode_writer=outputs.episode_writer, episodes=episodes,
-        phases=telemetry_lib.PhaseTimer([("learner", lambda: learner.seconds, 1)] +
-                                        acting.phases),
+        phases=telemetry_lib.PhaseTimer([("learner", learner.clock, 1)] + acting.phases),
         gauges=lambda: dict(updates=learner.update_step, **acting.gauges()),
         log_interval_seconds=config.log_interval_seconds,
         total_env_steps=config.total_env_steps, env_steps=env_steps, start_time=start_time,
