@@ -63,26 +63,28 @@ class ReferenceLearner:
 def measure_learner(config: config_lib.TrainConfig, iters: int) -> Dict[str, Any]:
   """Learner updates per second on one fixed random batch: the project's and the reference.
 
-  Both start from the same list of unrolls (as the actors hand them over), so the timing
-  includes each one's host-side batching and transfer. The first loss of each (same parameters,
-  same batch) is reported as a check that they compute the same thing.
+  The reference starts from the list of unrolls and batches them itself; the project's learner
+  starts from the batch as its actors assemble it (`acting.batch_assembler`: batch-major,
+  aligned), so the timing includes each one's host-side handling and transfer. The first loss
+  of each (same parameters, same batch) is reported as a check that they compute the same thing.
 
   Returns:
     samples (agent steps) per second and ms per update for both, the project's split of its
-    update time (stack, transfer, update), the ratio project ÷ reference, the first losses.
+    update time (transfer, dispatch, update), the ratio project ÷ reference, the first losses.
   """
   network, params, spec = synthetic.network_and_params(config)
   unrolls = synthetic.random_unrolls(spec, network, config.batch_size, config.unroll_length,
                                      config.seed)
+  batch = synthetic.assembled_batch(unrolls)
   samples = config.batch_size * config.unroll_length
 
   project = learner_lib.Learner(network.apply, params, config)
   # The warm-up updates compile; the first one's loss is the one before any update.
-  project_first_loss = project.step(unrolls)["loss"]
+  project_first_loss = project.step(batch)["loss"]
   for _ in range(WARMUP_ITERS - 1):
-    project.step(unrolls)
+    project.step(batch)
   before = dict(project.seconds)
-  project_seconds = synthetic.mean_seconds(functools.partial(project.step, unrolls), iters)
+  project_seconds = synthetic.mean_seconds(functools.partial(project.step, batch), iters)
   project_split = {k: 1000.0 * (project.seconds[k] - before[k]) / iters for k in before}
   del project  # Its device buffers, before the reference allocates its own.
 

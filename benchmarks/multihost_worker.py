@@ -113,21 +113,22 @@ def measure_learner(config: config_lib.TrainConfig, warmup_updates: int,
 
   Returns:
     global samples per update and per second, ms per update and the learner's split of it
-    (stack, transfer, update), cores busy (this process's CPU seconds per wall second), the
+    (transfer, dispatch, update), cores busy (this process's CPU seconds per wall second), the
     parameter count, the arrays one update all-reduces (None alone), and the last loss.
   """
   network, params, spec = synthetic.network_and_params(config)
   unrolls = synthetic.random_unrolls(spec, network, config.batch_size, config.unroll_length,
                                      config.seed + jax.process_index())
+  batch = synthetic.assembled_batch(unrolls)
   learner = learner_lib.Learner(network.apply, params, config)
   for _ in range(warmup_updates):  # The first compiles.
-    learner.step(unrolls)
+    learner.step(batch)
   _barrier("impala_jax benchmark: learner timing starts")
   before = dict(learner.seconds)
   # process_time: CPU seconds of every thread of this process (XLA's included).
   cpu_before, start = time.process_time(), time.perf_counter()
   for _ in range(updates):
-    metrics = learner.step(unrolls)
+    metrics = learner.step(batch)
   seconds = (time.perf_counter() - start) / updates
   cores_busy = (time.process_time() - cpu_before) / (seconds * updates)
   samples = config.batch_size * config.unroll_length * jax.process_count()
@@ -141,17 +142,17 @@ def measure_learner(config: config_lib.TrainConfig, warmup_updates: int,
       cores_busy=cores_busy,
       parameters=int(sum(np.size(x) for x in jax.tree.leaves(params))),
       last_loss=metrics["loss"],
-      update_all_reduce_operands=_update_all_reduce_operands(learner, unrolls),
+      update_all_reduce_operands=_update_all_reduce_operands(learner, batch),
       updates=updates, warmup_updates=warmup_updates)
 
 
-def _update_all_reduce_operands(learner: learner_lib.Learner, unrolls) -> Optional[int]:
+def _update_all_reduce_operands(learner: learner_lib.Learner, batch) -> Optional[int]:
   """Arrays one learner update all-reduces (2 per optimizer step); None alone."""
   if jax.process_count() == 1:
     return None  # XLA removes a one-device all-reduce: there is nothing to count.
-  batch = learner_lib.stack_unrolls(unrolls, learner.num_devices)
   # The learner's own pmapped update, compiled again for its HLO (it is not run).
-  lowered = learner._update.lower(learner._state, batch)  # pylint: disable=protected-access
+  lowered = learner._update.lower(  # pylint: disable=protected-access
+      learner._state, learner.transfer(batch))  # pylint: disable=protected-access
   return all_reduce_operands(lowered.compile().as_text())
 
 

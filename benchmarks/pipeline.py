@@ -211,11 +211,14 @@ def measure_pipeline(config: config_lib.TrainConfig, warmup_seconds: float,
       steps_per_update=config.steps_per_update, total_env_steps=2**62)
   snapshots: List[_Snapshot] = []
 
+  gauges: Dict[str, Any] = {}
+
   def measure() -> None:
     for seconds in (warmup_seconds, window_seconds):
       if stop.wait(seconds):
         return
       snapshots.append(_Snapshot(loop, clocks))
+      gauges.update(acting.gauges())  # Inference statistics since the previous call.
     stop.set()
 
   timer = threading.Thread(target=measure, name="pipeline-timer", daemon=True)
@@ -230,6 +233,9 @@ def measure_pipeline(config: config_lib.TrainConfig, warmup_seconds: float,
   if len(snapshots) < 2:
     raise RuntimeError("The pipeline run ended before its window did.")
   result = _summarize(snapshots[0], snapshots[1], threads)
+  result.update(inference_batch_size=gauges["inference_batch_size"],
+                inference_requests_per_batch=gauges["inference_requests_per_batch"],
+                inference_latency_ms=gauges["inference_latency_ms"])
   result.update(num_actor_threads=config.num_actor_threads, envs_per_thread=config.env.num_envs,
                 recv_batch_size=config.env.recv_batch_size, batch_size=config.batch_size,
                 unroll_length=config.unroll_length, updates=learner.update_step)

@@ -180,6 +180,9 @@ def _pipeline_table(report: Mapping[str, Any], s: Mapping[str, Any]) -> List[str
   p = report["pipeline"]
   rows = [("agent steps/s", [p["env_steps_per_second"]]),
           ("host CPU µs per agent step", [p["host_us_per_step"]]),
+          ("inference: envs per call", [p.get("inference_batch_size")]),
+          ("  requests per call", [p.get("inference_requests_per_batch")]),
+          ("  ms per call", [p.get("inference_latency_ms")]),
           ("  by stage (CPU µs per step):", [""])]
   rows += [(f"    {k}", [v]) for k, v in p["stage_us_per_step"].items()]
   rows += [("  wall fraction per thread:", [""])]

@@ -7,10 +7,12 @@ from typing import Any, Callable, List, Tuple
 import jax
 import numpy as np
 
+from impala_jax import acting
 from impala_jax import config as config_lib
 from impala_jax import envs
 from impala_jax import networks
 from impala_jax import types
+from impala_jax.acting import unroll_buffer
 
 # Learner-only random batch: probability that a timestep is terminal, so the masking and
 # V-trace's cut paths are exercised as in real data.
@@ -79,6 +81,18 @@ def random_unrolls(spec: envs.EnvSpec, network, batch_size: int, unroll_length: 
         policy_version=np.zeros((n, 1), np.int32),
         core_state=core_state))
   return unrolls
+
+
+def assembled_batch(unrolls: List[types.Unroll]) -> types.Unroll:
+  """`unrolls` as the actors' batch assembler lays them out: batch-major, in aligned buffers."""
+  batch = acting.stack_unrolls(unrolls)
+  return jax.tree.map(_aligned_copy, batch)
+
+
+def _aligned_copy(x: np.ndarray) -> np.ndarray:
+  out = unroll_buffer.aligned_empty(x.shape, x.dtype)
+  out[...] = x
+  return out
 
 
 def mean_seconds(fn: Callable[[], Any], iters: int) -> float:

@@ -18,7 +18,7 @@ When x_t ends an episode (terminated or truncated), EnvPool ignores a_t and rese
 not a real transition and the learner masks it out (see `learner_inputs` in `impala_jax.learner`).
 """
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -51,6 +51,20 @@ class Unroll(NamedTuple):
   behaviour_log_prob: np.ndarray
   policy_version: np.ndarray
   core_state: CoreState
+
+
+class HostBatch(NamedTuple):
+  """One learner batch on the host, and the hand-back of the buffer it lives in.
+
+  Attributes:
+    unroll: B unrolls, leaves `[T+1, B, ...]` as `Unroll` (core state `[B, ...]`): the
+      layout of the learner's update, so the learner moves it to the devices as it is.
+    release: hands the buffer back for reuse; call once, when nothing reads `unroll` any
+      more (the learner: after the update that read it has finished).
+  """
+
+  unroll: Unroll
+  release: Callable[[], None]
 
 
 class EpisodeStats(NamedTuple):

@@ -6,11 +6,11 @@ inference server for their actions, and `send()`s them straight back, so the C++
 stepping while the Python side does its bookkeeping.
 
 A `recorder.StepRecorder` keeps the bookkeeping: episode starts, real scores, and T+1-step
-unrolls with the bootstrap overlap (see `impala_jax.types`).
+unrolls with the bootstrap overlap (see `impala_jax.types`), handed to a sink as they complete
+(the learner's `batch_assembler.BatchAssembler`, or an actor host's pusher).
 """
 
 import dataclasses
-import queue
 from typing import Any, Callable, List, Optional, Protocol
 
 import numpy as np
@@ -21,9 +21,8 @@ from impala_jax import stage_clock
 from impala_jax import types
 from impala_jax.acting import inference
 from impala_jax.acting import recorder as recorder_lib
+from impala_jax.acting import unroll_buffer
 from impala_jax.runtime import worker
-
-_POLL_SECONDS = 0.1
 
 
 class InferenceClient(Protocol):
@@ -48,7 +47,7 @@ def env_configs(config: config_lib.TrainConfig,
 
 
 class Actor(worker.Worker):
-  """One actor thread stepping one EnvPool; emits `Unroll`s (B = 1) into `unroll_queue`.
+  """One actor thread stepping one EnvPool; hands complete unrolls to `sink`.
 
   `start()` launches the thread, `close()` stops and joins it (the pool closes with it). A
   failure in the thread is kept in `error` (the runtime checks it and stops the run).
@@ -58,7 +57,7 @@ class Actor(worker.Worker):
                actor_id: int,
                env_config: config_lib.EnvConfig,
                client: InferenceClient,
-               unroll_queue: "queue.Queue[types.Unroll]",
+               sink: unroll_buffer.UnrollSink,
                unroll_length: int,
                on_episode: Optional[Callable[[types.EpisodeStats], None]] = None,
                make_env: Callable[[config_lib.EnvConfig], Any] = envs.make_env):
@@ -67,7 +66,7 @@ class Actor(worker.Worker):
         [actor_id * num_envs, (actor_id + 1) * num_envs) at the inference server.
       env_config: the pool to build (in the thread). Its seed is offset per actor.
       client: the inference server (anything with its `act`).
-      unroll_queue: bounded queue to the learner.
+      sink: takes complete unrolls, blocking while full (the learner is behind).
       unroll_length: T.
       on_episode: called (from this thread) with each finished episode's real score.
       make_env: builds the pool from `env_config` (a benchmark passes a synthetic one).
@@ -75,7 +74,7 @@ class Actor(worker.Worker):
     self._actor_id = actor_id
     self._env_config = env_config
     self._client = client
-    self._queue = unroll_queue
+    self._sink = sink
     self._unroll_length = unroll_length
     self._on_episode = on_episode or (lambda stats: None)
     self._env_id_offset = actor_id * env_config.num_envs
@@ -98,36 +97,27 @@ class Actor(worker.Worker):
 
   def _loop(self, env) -> None:
     spec = envs.env_spec(env)
-    recorder = recorder_lib.StepRecorder(self._env_config.num_envs, spec, self._unroll_length,
-                                         spec.is_atari)
+    recorder = recorder_lib.StepRecorder(self._env_config.num_envs, spec, self._unroll_length)
     env.async_reset()
     clock = self.clock
     clock.restart()
     while not self._stop.is_set():
       observation, reward, terminated, truncated, info = env.recv()
       ids = np.asarray(info["env_id"])
-      first = recorder.first(ids)
       clock.lap("env")
+      first, observation = recorder.observe(ids, observation)
+      clock.lap("bookkeeping")
       result = self._client.act(ids + self._env_id_offset, observation, first)
       clock.lap("inference")
       env.send(envs.to_env_action(result.action, spec), ids)
       clock.lap("env")
 
-      # Bookkeeping overlaps with EnvPool stepping the environments just sent.
-      episodes, unrolls = recorder.record(ids, observation, reward, terminated, truncated,
-                                          info, first, result)
+      # The rest of the bookkeeping overlaps with EnvPool stepping the environments just sent.
+      episodes, complete = recorder.record(ids, reward, terminated, truncated, info, first,
+                                           result)
       for episode in episodes:
         self._on_episode(episode)
       self.env_steps += len(ids)
       clock.lap("bookkeeping")
-      for unroll in unrolls:
-        self._put(unroll)
+      recorder.hand_over(complete, self._sink, self._stop.is_set)
       clock.lap("queue")
-
-  def _put(self, unroll: types.Unroll) -> None:
-    while not self._stop.is_set():
-      try:
-        self._queue.put(unroll, timeout=_POLL_SECONDS)
-        return
-      except queue.Full:
-        continue

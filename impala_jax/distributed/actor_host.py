@@ -3,7 +3,7 @@
     EnvPool ─▶ Actor threads ─▶ InferenceServer (this host's copy of the policy)
                    │                   ▲
                    ▼                   │ ParamsPoller: fetch when the version changed
-             unroll queue ─▶ UnrollPusher ─▶ Redis ◀─ learner (pops batches, publishes)
+             encoded unrolls ─▶ UnrollPusher ─▶ Redis ◀─ learner (pops batches, publishes)
 
 The actors are the training run's own (`acting.actor`); only the ends differ: unrolls go to
 Redis in batches instead of to a learner in this process, and parameters come from Redis.
@@ -17,6 +17,7 @@ import time
 from typing import Any, List, Optional
 
 from absl import logging
+import jax
 
 from impala_jax import config as config_lib
 from impala_jax import envs
@@ -30,24 +31,55 @@ from impala_jax.distributed import wire
 from impala_jax.runtime import worker
 
 _POLL_SECONDS = 0.1
-# How often actors look for new parameters (one GET of a small version key): the policy lag
-# grows by about the learner's updates per poll interval.
+# How often actors look for new parameters by default (one GET of a small version key): the
+# policy lag grows by about the learner's updates per poll interval. An actor host polls as
+# often as its learner publishes (`ActorHost`'s `params_poll_seconds`).
 PARAMS_POLL_SECONDS = 0.2
 # Unrolls sent per RPUSH: several per round trip, without holding many back.
 _PUSH_BATCH = 16
 
 
-class UnrollPusher(worker.Worker):
-  """Moves unrolls from the actors' queue to the store, several per round trip."""
+class EncodingSink:
+  """The actors' sink on an actor host: each complete unroll, encoded (`codecs`, time-major
+  `[T+1, 1, ...]`), into a bounded queue for the pusher."""
 
-  def __init__(self, unroll_queue: "queue.Queue[types.Unroll]",
-               store: trajectory_store.RedisStore, schema,
+  def __init__(self, blob_queue: "queue.Queue[bytes]", schema):
+    self._queue = blob_queue
+    self._schema = schema
+
+  def accepts_block(self, block: types.Unroll) -> bool:
+    del block
+    return False  # Unrolls leave one by one, encoded.
+
+  def put_block(self, block, stop_requested):
+    raise NotImplementedError("An actor host encodes unrolls one by one (put_unrolls).")
+
+  def put_unrolls(self, block: types.Unroll, columns, stop_requested) -> bool:
+    for column in columns:
+      unroll = types.Unroll(*(field[:, column:column + 1] for field in block[:-1]),
+                            core_state=jax.tree.map(lambda x, c=column: x[c:c + 1],
+                                                    block.core_state))
+      blob = codecs.encode_unroll(unroll, self._schema)
+      while True:
+        if stop_requested():
+          return False
+        try:
+          self._queue.put(blob, timeout=_POLL_SECONDS)
+          break
+        except queue.Full:
+          continue
+    return True
+
+
+class UnrollPusher(worker.Worker):
+  """Moves encoded unrolls from the actors' queue to the store, several per round trip."""
+
+  def __init__(self, blob_queue: "queue.Queue[bytes]", store: trajectory_store.RedisStore,
                episodes: "queue.SimpleQueue[types.EpisodeStats]"):
     super().__init__(name="unroll-pusher", description="The unroll pusher")
-    self._queue = unroll_queue
+    self._queue = blob_queue
     self._episodes = episodes
     self._store = store
-    self._schema = schema
     self.pushed = 0
     self.dropped_by_store = 0
     self.bytes_pushed = 0
@@ -75,13 +107,13 @@ class UnrollPusher(worker.Worker):
       first = self._queue.get(timeout=_POLL_SECONDS)
     except queue.Empty:
       return []
-    unrolls = [first]
-    while len(unrolls) < _PUSH_BATCH:
+    blobs = [first]
+    while len(blobs) < _PUSH_BATCH:
       try:
-        unrolls.append(self._queue.get_nowait())
+        blobs.append(self._queue.get_nowait())
       except queue.Empty:
         break
-    return [codecs.encode_unroll(u, self._schema) for u in unrolls]
+    return blobs
 
 
 def _drain(episodes: "queue.SimpleQueue[types.EpisodeStats]") -> List[types.EpisodeStats]:
@@ -97,8 +129,9 @@ class ParamsPoller(worker.Worker):
   """Gives the local inference server the store's parameters whenever their version changes."""
 
   def __init__(self, store: trajectory_store.RedisStore, server: inference.InferenceServer,
-               template: Any, version: int):
+               template: Any, version: int, poll_seconds: float = PARAMS_POLL_SECONDS):
     super().__init__(name="params-poller", description="The parameter poller")
+    self._poll_seconds = poll_seconds
     self._store = store
     self._server = server
     self._template = template
@@ -106,7 +139,7 @@ class ParamsPoller(worker.Worker):
     self.fetches = 0
 
   def _run(self) -> None:
-    while not self._stop.wait(PARAMS_POLL_SECONDS):
+    while not self._stop.wait(self._poll_seconds):
       version = trajectory_store.retrying(self._store.params_version, self._stop.is_set,
                                           "reading the parameter version")
       if version is None or version == self.version:
@@ -133,9 +166,18 @@ def fetch_params(store: trajectory_store.RedisStore, template: Any, stop_request
 class ActorHost:
   """Owns the actors, the local inference server, the pusher and the poller."""
 
-  def __init__(self, config: config_lib.TrainConfig, store: trajectory_store.RedisStore):
+  def __init__(self, config: config_lib.TrainConfig, store: trajectory_store.RedisStore,
+               params_poll_seconds: float = PARAMS_POLL_SECONDS):
+    """Args:
+      config: the actors' settings (environment, network, layout).
+      store: the learner's Redis store.
+      params_poll_seconds: how often to look for new parameters: the learner's publish
+        interval, so that a fast learner's parameters reach the actors as often as it writes
+        them (the data's age in updates is about the learner's updates per interval).
+    """
     self._config = config
     self._store = store
+    self._params_poll_seconds = params_poll_seconds
     self._spec = envs.env_spec(config.env)
     self._network = networks.network_for_spec(config.network, self._spec)
     self._template = networks.init_params(self._network, self._spec, config.seed)
@@ -159,7 +201,7 @@ class ActorHost:
 
   def start(self, params: Any, version: int) -> None:
     config = self._config
-    unroll_queue: "queue.Queue[types.Unroll]" = queue.Queue(maxsize=2 * _PUSH_BATCH)
+    blob_queue: "queue.Queue[bytes]" = queue.Queue(maxsize=2 * _PUSH_BATCH)
     recv_batch = config.env.recv_batch_size
     server = inference.InferenceServer(
         self._network.apply, params, self._network.initial_state(1),
@@ -169,9 +211,11 @@ class ActorHost:
         expected_requests=config.num_actor_threads, initial_version=version)
     schema = codecs.unroll_schema(self._spec, config.unroll_length,
                                   self._network.initial_state(1))
-    self.pusher = UnrollPusher(unroll_queue, self._store, schema, self._episodes)
-    self.poller = ParamsPoller(self._store, server, self._template, version)
-    actors = [actor_lib.Actor(i, env_config, server, unroll_queue, config.unroll_length,
+    self.pusher = UnrollPusher(blob_queue, self._store, self._episodes)
+    self.poller = ParamsPoller(self._store, server, self._template, version,
+                               self._params_poll_seconds)
+    actors = [actor_lib.Actor(i, env_config, server, EncodingSink(blob_queue, schema),
+                              config.unroll_length,
                               on_episode=self._episodes.put)
               for i, env_config in enumerate(actor_lib.env_configs(config, update_step=0))]
     self._workers = [server, self.pusher, self.poller, *actors]

@@ -4,7 +4,7 @@ Each host holds one bidirectional stream (`env_protocol`). For every STEP the se
 central inference server for actions, exactly as a local actor thread does (so remote and local
 requests share the same batched policy call), answers with ACTIONS, and then does the actor's
 bookkeeping server-side (`acting.recorder`): partial unrolls and recurrent state live here,
-keyed by (host session, env), and finished unrolls go into the same queue as local ones.
+keyed by (host session, env), and finished unrolls go into the same batches as local ones.
 
 Every stream must carry the shared token; every message is checked against its schema; a bad
 one is rejected with a gRPC status that names the problem and a log line, and only that stream
@@ -15,7 +15,6 @@ connections sooner.
 
 import concurrent.futures
 import os
-import queue
 import threading
 import time
 from typing import Any, Callable, Dict, Iterator, Optional
@@ -27,6 +26,7 @@ import numpy as np
 from impala_jax import config as config_lib
 from impala_jax import envs
 from impala_jax import types
+from impala_jax.acting import unroll_buffer
 from impala_jax.distributed import auth
 from impala_jax.distributed import env_protocol
 from impala_jax.distributed import host_sessions
@@ -60,16 +60,17 @@ class EnvHostService:
   """The stream handler: handshake, then STEP → inference → ACTIONS → bookkeeping."""
 
   def __init__(self, *, spec: envs.EnvSpec, env_name: str, unroll_length: int,
-               inference: Any, unroll_sink: Callable[[types.Unroll, Any], bool],
+               inference: Any, unroll_sink: unroll_buffer.UnrollSink,
+               stop_requested: Callable[[], bool],
                on_episode: Callable[[types.EpisodeStats], None], token: str,
                slots: host_sessions.SlotAllocator, table: host_sessions.SessionTable,
                max_envs_per_host: int, on_hosts_changed: Callable[[int], None]):
     self._spec = spec
     self._env_name = env_name
-    self._is_atari = spec.is_atari
     self._unroll_length = unroll_length
     self._inference = inference
     self._unroll_sink = unroll_sink
+    self._stop_requested = stop_requested
     self._on_episode = on_episode
     self._token = token
     self._slots = slots
@@ -89,8 +90,8 @@ class EnvHostService:
         session.touch()
         arrays, sequence = self._check_step(session, payload)
         ids = arrays["env_ids"]
-        first = session.recorder.first(ids)
-        result = self._inference.act(ids + session.env_id_offset, arrays["observation"], first)
+        first, observation = session.recorder.observe(ids, arrays["observation"])
+        result = self._inference.act(ids + session.env_id_offset, observation, first)
         yield wire.encode(env_protocol.ACTIONS, sequence, self._actions_schema,
                           dict(env_ids=ids, action=result.action))
         self._record(session, arrays, first, result, context)
@@ -132,7 +133,7 @@ class EnvHostService:
                          f"({self._slots.in_use()} of {self._slots.capacity} remote slots "
                          "in use)")
     session = host_sessions.HostSession(hello, peer, offset, self._spec, self._unroll_length,
-                                        self._is_atari, context)
+                                        context)
     replaced = self._table.add(session)
     if replaced is not None:  # A reconnect under the same id: the old stream ends now.
       logging.info("%s reconnected; ending its previous stream.", session.name)
@@ -186,15 +187,15 @@ class EnvHostService:
     return arrays, sequence
 
   def _record(self, session, arrays, first, result, context) -> None:
-    episodes, unrolls = session.recorder.record(
-        arrays["env_ids"], arrays["observation"], arrays["reward"], arrays["terminated"],
-        arrays["truncated"], env_protocol.step_info(arrays), first, result)
+    episodes, complete = session.recorder.record(
+        arrays["env_ids"], arrays["reward"], arrays["terminated"], arrays["truncated"],
+        env_protocol.step_info(arrays), first, result)
     session.env_steps += len(arrays["env_ids"])
     for episode in episodes:
       self._on_episode(episode)
-    for unroll in unrolls:
-      if not self._unroll_sink(unroll, context):
-        return
+    # Blocks while the learner is behind (backpressure to the host), until the stream ends.
+    session.recorder.hand_over(complete, self._unroll_sink,
+                               lambda: self._stop_requested() or not context.is_active())
 
   def _end(self, session: Optional[host_sessions.HostSession], context) -> None:
     if session is None:
@@ -293,30 +294,16 @@ def check_tls_files(config: config_lib.RemoteEnvConfig) -> None:
       raise ValueError(f"TLS file {path!r} does not exist.")
 
 
-def queue_sink(unroll_queue, stop_requested: Callable[[], bool], poll_seconds: float = 0.1):
-  """An unroll sink that blocks on a full queue (backpressure to the host), never forever."""
-
-  def sink(unroll: types.Unroll, context) -> bool:
-    while not stop_requested() and context.is_active():
-      try:
-        unroll_queue.put(unroll, timeout=poll_seconds)
-        return True
-      except queue.Full:
-        continue
-    return False
-
-  return sink
-
-
 def make_env_server(config: config_lib.TrainConfig, spec: envs.EnvSpec, inference: Any,
-                    unroll_queue, on_episode: Callable[[types.EpisodeStats], None],
+                    unroll_sink: unroll_buffer.UnrollSink,
+                    on_episode: Callable[[types.EpisodeStats], None],
                     stop_requested: Callable[[], bool]) -> EnvServer:
   """The env host server of a training run: slots after the local actors' environment ids."""
   remote = config.remote_envs
   table = host_sessions.SessionTable()
   service = EnvHostService(
       spec=spec, env_name=config.env.env_id, unroll_length=config.unroll_length,
-      inference=inference, unroll_sink=queue_sink(unroll_queue, stop_requested),
+      inference=inference, unroll_sink=unroll_sink, stop_requested=stop_requested,
       on_episode=on_episode, token=read_token(remote),
       slots=host_sessions.SlotAllocator(config.total_envs, remote.max_envs), table=table,
       max_envs_per_host=remote.max_envs_per_host,

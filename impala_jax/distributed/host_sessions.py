@@ -57,11 +57,11 @@ class HostSession:
   """One connected host: its hello, slot range, recorder, sequence and liveness."""
 
   def __init__(self, hello: env_protocol.Hello, peer: str, env_id_offset: int,
-               spec: envs.EnvSpec, unroll_length: int, is_atari: bool, context: Any):
+               spec: envs.EnvSpec, unroll_length: int, context: Any):
     self.hello = hello
     self.peer = peer
     self.env_id_offset = env_id_offset
-    self.recorder = recorder_lib.StepRecorder(hello.num_envs, spec, unroll_length, is_atari)
+    self.recorder = recorder_lib.StepRecorder(hello.num_envs, spec, unroll_length)
     self.next_sequence = 1
     self.context = context
     self.last_seen = time.monotonic()

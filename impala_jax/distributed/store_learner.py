@@ -20,6 +20,7 @@ import numpy as np
 
 from impala_jax import stage_clock
 from impala_jax import types
+from impala_jax.acting import batch_assembler
 from impala_jax.distributed import codecs
 from impala_jax.distributed import trajectory_store
 from impala_jax.distributed import wire
@@ -55,7 +56,7 @@ class StoreBatchSource:
     self.unrolls_received = 0
     self.clock = stage_clock.StageClock(("batch_wait",))
 
-  def next_batch(self) -> Optional[List[types.Unroll]]:
+  def next_batch(self) -> Optional[types.HostBatch]:
     self.clock.restart()
     last_unroll = last_warning = time.perf_counter()
     unrolls: List[types.Unroll] = []
@@ -81,7 +82,8 @@ class StoreBatchSource:
           last_warning = now
           logging.warning("Waiting for unrolls in %s: %d of %d for this batch.",
                           self._store.url, len(unrolls), self._batch_size)
-      return unrolls
+      # Decoded blobs are fresh arrays, stacked once into a batch nobody else holds.
+      return types.HostBatch(batch_assembler.stack_unrolls(unrolls), release=lambda: None)
     finally:
       self.clock.lap("batch_wait")
 

@@ -1,7 +1,6 @@
 """Learning: the pure, pmapped update (IMPALA or APPO objective), its optimizer, the learner."""
 
 from impala_jax.learning.learner import Learner
-from impala_jax.learning.learner import stack_unrolls
 from impala_jax.learning.optimizers import learning_rate_schedule
 from impala_jax.learning.optimizers import make_optimizer
 from impala_jax.learning.update import learner_inputs

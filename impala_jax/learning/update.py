@@ -15,9 +15,8 @@ For convolutional torsos the loops are Python loops, unrolled into the jitted fu
 about 17× slower on XLA:CPU (jax-ml/jax#12868). An MLP has no such penalty, and there the
 steps run in one `lax.scan`, whose compile time does not grow with epochs × minibatches.
 
-Host batches are laid out `[num_devices, batch_per_device, T+1, ...]` (unrolls stacked on a
-leading axis, then split by device); the update moves time to the front itself, so the host
-never transposes observations.
+Batches are time-major, as the actors write them: each device gets `[T+1, B/D, ...]` (the
+learner's `transfer`), so nothing is transposed anywhere.
 """
 
 from typing import Any, Callable, Dict, NamedTuple, Tuple
@@ -105,23 +104,20 @@ def make_loss_fn(apply_fn: Callable[..., Any], loss_config: config_lib.LossConfi
 
 
 def make_proximal_log_probs_fn(apply_fn: Callable[..., Any]):
-  """`fn(params, batch [B, T+1]) -> [B, T]` log π(a_t|x_t), held constant (APPO's π_prox)."""
+  """`fn(params, unroll [T+1, B]) -> [T, B]` log π(a_t|x_t), held constant (APPO's π_prox)."""
 
-  def proximal_log_probs(params, batch: types.Unroll) -> jax.Array:
-    unroll = _time_major(batch)
+  def proximal_log_probs(params, unroll: types.Unroll) -> jax.Array:
     output, _ = apply_fn(params, unroll.observation, unroll.first, unroll.core_state)
     policy = jax.tree.map(lambda x: x[:-1], output.policy)
-    log_probs = jax.lax.stop_gradient(policy.log_prob(unroll.action[:-1]))
-    return jnp.swapaxes(log_probs, 0, 1)
+    return jax.lax.stop_gradient(policy.log_prob(unroll.action[:-1]))
 
   return proximal_log_probs
 
 
-def _time_major(batch: types.Unroll) -> types.Unroll:
-  """Leaves `[B, T+1, ...]` → `[T+1, B, ...]`; the core state stays `[B, ...]`."""
-  return batch._replace(**{
-      field: jnp.swapaxes(getattr(batch, field), 0, 1)
-      for field in types.Unroll._fields if field != "core_state"})
+def _select_unrolls(unroll: types.Unroll, indices: jax.Array) -> types.Unroll:
+  """The unrolls `indices` of a time-major batch (fields: axis 1; core state: axis 0)."""
+  return types.Unroll(*(jnp.take(x, indices, axis=1) for x in unroll[:-1]),
+                      core_state=jax.tree.map(lambda x: x[indices], unroll.core_state))
 
 
 def _minibatch_indices(key: jax.Array, batch_size: int, num_minibatches: int):
@@ -129,6 +125,13 @@ def _minibatch_indices(key: jax.Array, batch_size: int, num_minibatches: int):
   order = jax.random.permutation(key, batch_size)
   size = batch_size // num_minibatches
   return [order[i * size:(i + 1) * size] for i in range(num_minibatches)]
+
+
+def _select_minibatch(minibatch: Tuple[types.Unroll, Any], indices: jax.Array):
+  """`(unroll [T+1, B], proximal log-probs [T, B] or None)` → the unrolls `indices`."""
+  unroll, proximal = minibatch
+  return (_select_unrolls(unroll, indices),
+          None if proximal is None else jnp.take(proximal, indices, axis=1))
 
 
 def pmean_as_one_buffer(tree: Any, axis_name: str) -> Any:
@@ -164,8 +167,8 @@ def make_update_fn(apply_fn: Callable[..., Any], optimizer: optax.GradientTransf
       epochs × 8 minibatches unrolled took minutes to compile).
 
   Returns:
-    `update(state, batch) -> (state, metrics)` where `batch` is an `Unroll` with leaves
-    `[B, T+1, ...]` (this device's share) and core_state leaves `[B, ...]`. Metrics are means
+    `update(state, batch) -> (state, metrics)` where `batch` is a time-major `Unroll` with
+    leaves `[T+1, B, ...]` (this device's share) and core_state leaves `[B, ...]`. Metrics are means
     over the update's optimizer steps. An update with a non-finite loss or gradient in any
     step is not applied (state unchanged) and reports `metrics["finite"] = 0`, so the caller
     can stop with the last good state intact.
@@ -177,10 +180,9 @@ def make_update_fn(apply_fn: Callable[..., Any], optimizer: optax.GradientTransf
   proximal_log_probs_fn = make_proximal_log_probs_fn(apply_fn)
 
   def gradient_step(params, opt_state, minibatch):
-    """One optax step on `(unroll [b, T+1], proximal log-probs [b, T] or None)`."""
+    """One optax step on `(unroll [T+1, b], proximal log-probs [T, b] or None)`."""
     unroll, proximal = minibatch
-    proximal = None if proximal is None else jnp.swapaxes(proximal, 0, 1)
-    (_, metrics), grads = grad_fn(params, _time_major(unroll), proximal)
+    (_, metrics), grads = grad_fn(params, unroll, proximal)
     grads = pmean_as_one_buffer(grads, axis_name)
     if loss_config.reduction == "sum":
       # Each device summed over its share of the batch; the paper's loss sums over all of it.
@@ -203,8 +205,7 @@ def make_update_fn(apply_fn: Callable[..., Any], optimizer: optax.GradientTransf
     all_finite, step_metrics = jnp.array(True), []
     for epoch in range(num_epochs):
       for i in range(num_minibatches):
-        minibatch = batch if num_minibatches == 1 else jax.tree.map(
-            lambda x, e=epoch, i=i: x[order[e, i]], batch)
+        minibatch = batch if num_minibatches == 1 else _select_minibatch(batch, order[epoch, i])
         params, opt_state, metrics, finite = gradient_step(params, opt_state, minibatch)
         all_finite = jnp.logical_and(all_finite, finite)
         step_metrics.append(metrics)
@@ -215,7 +216,7 @@ def make_update_fn(apply_fn: Callable[..., Any], optimizer: optax.GradientTransf
     """The steps as one `lax.scan`: compile time independent of their number."""
     def body(carry, indices):
       params, opt_state = carry
-      minibatch = jax.tree.map(lambda x: x[indices], batch)
+      minibatch = _select_minibatch(batch, indices)
       params, opt_state, metrics, finite = gradient_step(params, opt_state, minibatch)
       return (params, opt_state), (metrics, finite)
 
@@ -230,14 +231,14 @@ def make_update_fn(apply_fn: Callable[..., Any], optimizer: optax.GradientTransf
 
   def update(state: TrainState, batch: types.Unroll) -> Tuple[TrainState, Dict[str, jax.Array]]:
     order = minibatch_order(jax.random.fold_in(base_key, state.update_step),
-                            batch.reward.shape[0])
+                            batch.reward.shape[1])
     proximal = proximal_log_probs_fn(state.params, batch) if use_proximal else None
     params, opt_state, metrics, all_finite = steps(state.params, state.opt_state,
                                                    (batch, proximal), order)
     new_state = TrainState(params, opt_state, state.update_step + 1)
     new_state = jax.tree.map(lambda new, old: jnp.where(all_finite, new, old), new_state, state)
     metrics["finite"] = all_finite.astype(jnp.float32)
-    metrics["policy_version_mean"] = jnp.mean(batch.policy_version[:, :-1].astype(jnp.float32))
+    metrics["policy_version_mean"] = jnp.mean(batch.policy_version[:-1].astype(jnp.float32))
     return new_state, metrics
 
   return update

@@ -1,7 +1,8 @@
 """Where a run's unrolls come from and where its parameters go: the acting side, assembled.
 
   local   actor threads (and remote env hosts over gRPC, with --listen) → the central
-          inference server → the bounded unroll queue; parameters go to the inference server
+          inference server → batches of unrolls (`BatchAssembler`); parameters go to the
+          inference server
   store   a Redis trajectory store fed by actor hosts (experiments/actor_host.py); parameters
           go to the store
 
@@ -21,6 +22,7 @@ from impala_jax import config as config_lib
 from impala_jax import envs
 from impala_jax import types
 from impala_jax.acting import actor as actor_lib
+from impala_jax.acting import batch_assembler
 from impala_jax.acting import inference
 from impala_jax.distributed import env_server
 from impala_jax.distributed import store_learner
@@ -75,19 +77,23 @@ def local_acting(config: config_lib.TrainConfig, spec: envs.EnvSpec, network: An
 
   `make_env` builds each actor's pool (`benchmarks/pipeline.py` passes synthetic ones).
   """
-  unroll_queue: "queue.Queue[types.Unroll]" = queue.Queue(maxsize=config.unroll_queue_capacity)
+  # The queue to the learner, in batches of reused buffers. The learner holds one batch, or
+  # two when it sends the next one to its devices ahead (`Learner.sends_ahead`).
+  assembler = batch_assembler.BatchAssembler(
+      config.batch_size, capacity=max(1, config.unroll_queue_capacity // config.batch_size),
+      reader_buffers=2 if learner.sends_ahead else 1)
   server = inference.InferenceServer(
       network.apply, learner.params(), network.initial_state(1),
       num_envs=config.inference_envs, batch_sizes=inference_batch_sizes(config),
       seed=session_seed(config.seed, learner.update_step, config.process_index),
       batch_wait_ms=config.inference_batch_wait_ms,
       expected_requests=config.num_actor_threads, initial_version=learner.update_step)
-  actors = [actor_lib.Actor(i, env_config, server, unroll_queue, config.unroll_length,
+  actors = [actor_lib.Actor(i, env_config, server, assembler, config.unroll_length,
                             on_episode=episodes.put, make_env=make_env)
             for i, env_config in enumerate(actor_lib.env_configs(config, learner.update_step))]
   remote = None
   if config.remote_envs is not None:
-    remote = env_server.make_env_server(config, spec, server, unroll_queue, episodes.put,
+    remote = env_server.make_env_server(config, spec, server, assembler, episodes.put,
                                         stop.is_set)
 
   def describe() -> str:
@@ -96,7 +102,8 @@ def local_acting(config: config_lib.TrainConfig, spec: envs.EnvSpec, network: An
 
   def gauges() -> Dict[str, Any]:
     stats = server.stats()
-    values = dict(queue_size=unroll_queue.qsize(), inference_batch_size=stats.mean_batch_size,
+    values = dict(queue_size=assembler.queued_unrolls(),
+                  inference_batch_size=stats.mean_batch_size,
                   inference_requests_per_batch=stats.mean_requests_per_batch,
                   inference_latency_ms=stats.mean_latency_ms)
     if remote is not None:
@@ -117,8 +124,8 @@ def local_acting(config: config_lib.TrainConfig, spec: envs.EnvSpec, network: An
     # Actors stop before the server: one blocked in `act` still gets its answer.
     stack.callback(worker.close_all, actors)
 
-  batches = learner_loop.UnrollQueueSource(
-      unroll_queue, config.batch_size, stop.is_set, [server, *actors],
+  batches = learner_loop.AssemblerSource(
+      assembler, stop.is_set, [server, *actors],
       max_wait_seconds=60 * config.max_batch_wait_minutes, describe_sources=describe)
   phases = [("learner", batches.clock, 1), ("inference", server.clock, 1)]
   phases += [("actor", a.clock, len(actors)) for a in actors]

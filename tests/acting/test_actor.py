@@ -1,11 +1,16 @@
-"""Tests for actor threads (impala_jax/actor.py) with a real EnvPool and a fake inference server."""
+"""Tests for actor threads (impala_jax/actor.py) with a real EnvPool and a fake inference server.
 
-import queue
+The actor hands its unrolls to the learner's real `BatchAssembler`, here with batches of one
+unroll (`collect` copies each and hands its buffer back at once).
+"""
+
 import threading
 
+import jax
 import numpy as np
 
 from impala_jax.acting import actor as actor_lib
+from impala_jax.acting import batch_assembler
 from impala_jax import config as config_lib
 from impala_jax.acting import inference
 
@@ -30,16 +35,19 @@ class FakeClient:
 
 
 def collect(num_unrolls, env_config, client, actor_id=0):
-  unroll_queue = queue.Queue(maxsize=4)
+  """The first `num_unrolls` unrolls an actor hands over, in order, each `[T+1, 1, ...]`."""
+  assembler = batch_assembler.BatchAssembler(batch_size=1, capacity=4)
   episodes = []
-  actor = actor_lib.Actor(actor_id, env_config, client, unroll_queue, T,
+  actor = actor_lib.Actor(actor_id, env_config, client, assembler, T,
                           on_episode=episodes.append)
   unrolls = []
-  with_timeout = 60
   actor.start()
   try:
     while len(unrolls) < num_unrolls:
-      unrolls.append(unroll_queue.get(timeout=with_timeout))
+      batch = assembler.get(timeout=60)
+      assert batch is not None, "no unroll within 60 s"
+      unrolls.append(jax.tree.map(np.copy, batch.unroll))
+      batch.release()
   finally:
     actor.close()
   assert actor.error is None
@@ -112,7 +120,7 @@ def test_actor_records_failures_and_stops():
       raise RuntimeError("inference down")
 
   actor = actor_lib.Actor(0, config_lib.EnvConfig("CartPole-v1", num_envs=1), Broken(),
-                          queue.Queue(), T)
+                          batch_assembler.BatchAssembler(batch_size=1, capacity=1), T)
   actor.start()
   actor._thread.join(timeout=30)  # pylint: disable=protected-access
   assert not actor.is_alive()
@@ -120,12 +128,14 @@ def test_actor_records_failures_and_stops():
   actor.close()
 
 
-def test_close_unblocks_an_actor_waiting_on_a_full_queue():
-  unroll_queue = queue.Queue(maxsize=1)
+def test_close_unblocks_an_actor_waiting_for_a_free_batch():
+  assembler = batch_assembler.BatchAssembler(batch_size=1, capacity=1, reader_buffers=1)
   actor = actor_lib.Actor(0, config_lib.EnvConfig("CartPole-v1", num_envs=2), FakeClient(),
-                          unroll_queue, T)
+                          assembler, T)
   actor.start()
-  unroll_queue.get(timeout=30)  # Make sure it is producing; the queue refills and blocks it.
+  # Make sure it is producing; holding the batch (never released) leaves it no free buffer.
+  held = assembler.get(timeout=30)
+  assert held is not None
   closer = threading.Thread(target=actor.close)
   closer.start()
   closer.join(timeout=10)

@@ -142,9 +142,9 @@ def test_policy_step_compiles_once_per_batch_size():
 
 def test_batches_requests_of_four_real_actor_threads():
   """Four `Actor`s stepping real CartPole pools through one server: calls hold several."""
-  import queue  # pylint: disable=g-import-not-at-top
   from impala_jax import config as config_lib, networks
   from impala_jax.acting import actor as actor_lib
+  from impala_jax.acting import batch_assembler
 
   num_actors, envs_per_actor = 4, 2
   network = networks.ImpalaNetwork("mlp", num_actions=2, mlp_hidden_sizes=(8,))
@@ -153,16 +153,16 @@ def test_batches_requests_of_four_real_actor_threads():
       network.apply, params, (), num_envs=num_actors * envs_per_actor,
       batch_sizes=[envs_per_actor * k for k in range(1, num_actors + 1)], seed=0,
       batch_wait_ms=5.0, expected_requests=num_actors)
-  unrolls = queue.Queue(maxsize=1000)
+  batches = batch_assembler.BatchAssembler(batch_size=1, capacity=4)
   actors = [actor_lib.Actor(i, config_lib.EnvConfig("CartPole-v1", num_envs=envs_per_actor,
-                                                    seed=i), server, unrolls, 5)
+                                                    seed=i), server, batches, 5)
             for i in range(num_actors)]
   with server:
     for a in actors:
       a.start()
     try:
       for _ in range(100):
-        unrolls.get(timeout=60)
+        batches.get(timeout=60).release()
     finally:
       for a in actors:
         a.close()

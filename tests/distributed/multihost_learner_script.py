@@ -32,6 +32,7 @@ def main():
         process_id=int(process), initialization_timeout_seconds=120))
   import jax
   import numpy as np
+  from impala_jax import acting
   from impala_jax.learning import learner as learner_lib
   sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
                                   "learning"))
@@ -48,8 +49,9 @@ def main():
                          num_processes=int(num_processes), process_id=int(process)))
   network, params = t._network_and_params(config)  # pylint: disable=protected-access
   learner = learner_lib.Learner(network.apply, params, config)
+  batch = acting.stack_unrolls(mine)
   for _ in range(UPDATES):
-    metrics = learner.step(mine)
+    metrics = learner.step(batch)
   final = jax.tree.leaves(learner.state().params)
   np.savez(out, *[np.asarray(x) for x in final], grad_norm=metrics["grad_norm"])
   logging.info("process %s: done", process)

@@ -6,7 +6,6 @@ server keeps serving well-behaved hosts (each test ends by checking one).
 
 import logging
 import os
-import queue
 import socket
 import threading
 import time
@@ -17,6 +16,7 @@ import pytest
 
 from impala_jax import config as config_lib
 from impala_jax import envs
+from impala_jax.acting import batch_assembler
 from impala_jax.acting import inference
 from impala_jax.distributed import env_protocol
 from impala_jax.distributed import env_server
@@ -49,14 +49,14 @@ class FakeInference:
 @pytest.fixture(name="server")
 def fixture_server():
   fake = FakeInference()
-  unrolls = queue.Queue()
+  unrolls = batch_assembler.BatchAssembler(batch_size=1, capacity=64)  # One unroll a batch.
   table = host_sessions.SessionTable()
   remote = config_lib.RemoteEnvConfig(listen="127.0.0.1:0", max_envs=2 * NUM_ENVS,
                                       max_envs_per_host=NUM_ENVS, max_hosts=4,
                                       lease_seconds=LEASE_SECONDS)
   service = env_server.EnvHostService(
       spec=SPEC, env_name="CartPole-v1", unroll_length=UNROLL_LENGTH, inference=fake,
-      unroll_sink=lambda unroll, context: unrolls.put(unroll) or True,
+      unroll_sink=unrolls, stop_requested=lambda: False,
       on_episode=lambda e: None, token=TOKEN,
       slots=host_sessions.SlotAllocator(0, remote.max_envs), table=table,
       max_envs_per_host=NUM_ENVS, on_hosts_changed=fake.set_expected_requests)
@@ -109,8 +109,8 @@ def test_a_host_gets_actions_for_its_steps_and_its_unrolls_reach_the_queue(serve
   replies, error = _call(server.port, [_hello()] + [_step(s) for s in range(1, 6)])
   assert error is None and len(replies) == 5
   # T+1 = 3 steps per unroll, overlapping by one: steps 1-3 and 3-5, for each environment.
-  assert server.unrolls.qsize() == 2 * NUM_ENVS
-  unroll = server.unrolls.get()
+  assert server.unrolls.queued_unrolls() == 2 * NUM_ENVS
+  unroll = server.unrolls.get(timeout=1).unroll
   assert unroll.observation.shape == (UNROLL_LENGTH + 1, 1, 4)
   # The first observation of each environment starts an episode; global ids are the slots.
   ids, first = server.fake.requests[0]

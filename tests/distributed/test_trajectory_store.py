@@ -103,8 +103,8 @@ def test_the_learner_drops_stale_unrolls_and_rejects_foreign_blobs(store):
       codecs.encode_unroll(_unroll(3, version=25), schema),   # Lag 5: fresh.
       codecs.encode_unroll(_unroll(4, version=29), schema),
       codecs.encode_unroll(_unroll(5, version=30), schema)])
-  batch = source.next_batch()
-  assert [int(u.policy_version[0, 0]) for u in batch] == [25, 29, 30]
+  batch = source.next_batch().unroll  # Time-major: [T+1, B].
+  assert batch.policy_version[0].tolist() == [25, 29, 30]
   assert (source.stale, source.rejected) == (2, 2)
 
 

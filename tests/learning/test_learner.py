@@ -12,6 +12,7 @@ import pytest
 
 from impala_jax import config as config_lib
 from impala_jax import learning as learner_lib
+from impala_jax.acting import stack_unrolls
 from impala_jax import networks
 from impala_jax import types
 
@@ -58,13 +59,31 @@ def test_learner_inputs_align_rewards_discounts_and_mask_with_steps():
   np.testing.assert_array_equal(inputs.actions[:, 0], unroll.action[:-1, 0])
 
 
-def test_stack_unrolls_lays_out_devices_then_batch_then_time():
+def test_stack_unrolls_lays_out_time_then_batch():
   rng = np.random.default_rng(0)
-  unrolls = [make_unroll(rng) for _ in range(4)]
-  batch = learner_lib.stack_unrolls(unrolls, num_devices=2)
-  assert batch.observation.shape == (2, 2, T + 1, OBS_DIM)  # [device, batch, time, ...]
-  np.testing.assert_array_equal(batch.observation[1, 0], unrolls[2].observation[:, 0])
-  np.testing.assert_array_equal(batch.reward[0, 1], unrolls[1].reward[:, 0])
+  unrolls = [make_unroll(rng, use_lstm=True) for _ in range(4)]
+  batch = stack_unrolls(unrolls)
+  assert batch.observation.shape == (T + 1, 4, OBS_DIM)  # [time, batch, ...]
+  np.testing.assert_array_equal(batch.observation[:, 2], unrolls[2].observation[:, 0])
+  np.testing.assert_array_equal(batch.reward[:, 1], unrolls[1].reward[:, 0])
+  assert batch.core_state.cell.shape == (4, 8)  # [batch, ...]
+  np.testing.assert_array_equal(batch.core_state.cell[3], unrolls[3].core_state.cell[0])
+
+
+def test_transfer_splits_the_batch_axis_over_devices():
+  """Device d gets unrolls [d·B/D, (d+1)·B/D) of every field, time first; core state too."""
+  from impala_jax.learning import learner as learner_module  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  batch = stack_unrolls([make_unroll(rng, use_lstm=True) for _ in range(4)])
+  observation = learner_module.split_over_devices(batch.observation, 2, axis=1)
+  assert observation.shape == (2, T + 1, 2, OBS_DIM)
+  np.testing.assert_array_equal(observation[1, :, 0], batch.observation[:, 2])
+  assert observation.flags.c_contiguous
+  cell = learner_module.split_over_devices(batch.core_state.cell, 2, axis=0)
+  assert cell.shape == (2, 2, 8)
+  np.testing.assert_array_equal(cell[1, 1], batch.core_state.cell[3])
+  one = learner_module.split_over_devices(batch.observation, 1, axis=1)
+  assert one.shape == (1,) + batch.observation.shape and np.shares_memory(one, batch.observation)
 
 
 def _config(**kwargs):
@@ -91,9 +110,9 @@ def test_updates_reduce_the_loss_on_a_fixed_batch_and_count_steps():
   rng = np.random.default_rng(1)
   unrolls = [make_unroll(rng) for _ in range(4)]
   learner = _learner(_config(loss=config_lib.LossConfig(entropy_cost=0.0)))
-  first = learner.step(unrolls)
+  first = learner.step(stack_unrolls(unrolls))
   for _ in range(30):
-    last = learner.step(unrolls)
+    last = learner.step(stack_unrolls(unrolls))
   assert learner.update_step == 31
   assert last["baseline_loss"] < first["baseline_loss"]
   assert np.isfinite(last["grad_norm"]) and last["finite"] == 1.0
@@ -104,7 +123,7 @@ def test_published_params_follow_updates():
   rng = np.random.default_rng(2)
   learner = _learner(_config())
   before = learner.params()
-  learner.step([make_unroll(rng) for _ in range(4)])
+  learner.step(stack_unrolls([make_unroll(rng) for _ in range(4)]))
   after = learner.params()
   diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), before, after))
   assert max(diffs) > 0
@@ -116,7 +135,7 @@ def test_non_finite_update_is_not_applied():
   unrolls[0] = unrolls[0]._replace(reward=np.full_like(unrolls[0].reward, np.nan))
   learner = _learner(_config())
   before = learner.state()
-  metrics = learner.step(unrolls)
+  metrics = learner.step(stack_unrolls(unrolls))
   assert metrics["finite"] == 0.0
   after = learner.state()
   jax.tree.map(np.testing.assert_array_equal, before.params, after.params)
@@ -133,16 +152,14 @@ def test_lstm_learner_unrolls_from_the_recorded_core_state():
   config = _lstm_config()
   network, params = _network_and_params(config)
   unrolls = [make_unroll(np.random.default_rng(4), use_lstm=True) for _ in range(4)]
-  batch = learner_lib.stack_unrolls(unrolls, num_devices=1)
-  time_major = jax.tree.map(lambda x: jnp.swapaxes(x[0], 0, 1), batch._replace(core_state=()))
-  time_major = time_major._replace(core_state=jax.tree.map(lambda x: x[0], batch.core_state))
+  time_major = jax.tree.map(jnp.asarray, stack_unrolls(unrolls))
   loss_fn = learner_lib.make_loss_fn(network.apply, config.loss)
   expected_loss, _ = loss_fn(params, time_major)
   zero_state_loss, _ = loss_fn(params, time_major._replace(
       core_state=network.initial_state(len(unrolls))))
   assert abs(float(expected_loss) - float(zero_state_loss)) > 1e-4  # The state matters here.
 
-  metrics = learner_lib.Learner(network.apply, params, config).step(unrolls)
+  metrics = learner_lib.Learner(network.apply, params, config).step(stack_unrolls(unrolls))
   assert metrics["loss"] == pytest.approx(float(expected_loss), rel=1e-5)
 
 
@@ -152,9 +169,9 @@ def test_appo_update_takes_epochs_times_minibatches_optimizer_steps():
   learner = _learner(config)
   rng = np.random.default_rng(7)
   unrolls = [make_unroll(rng) for _ in range(4)]
-  first = learner.step(unrolls)
+  first = learner.step(stack_unrolls(unrolls))
   for _ in range(20):
-    last = learner.step(unrolls)
+    last = learner.step(stack_unrolls(unrolls))
   assert learner.update_step == 21  # One learner update (policy version) per batch ...
   state = learner.state()
   # ... and 2 epochs × 2 minibatches = 4 optimizer steps each (Adam/RMSProp count them).
@@ -176,8 +193,8 @@ def test_scanned_steps_equal_unrolled_steps(num_epochs, num_minibatches, ppo_rat
   network, params = _network_and_params(config)
   optimizer = optimizers.make_optimizer(config.optimizer, config.anneal_optimizer_steps)
   state = update_lib.TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
-  batch = learner_lib.stack_unrolls([make_unroll(np.random.default_rng(9)) for _ in range(4)],
-                                    num_devices=1)
+  batch = jax.tree.map(lambda x: x[None], stack_unrolls(
+      [make_unroll(np.random.default_rng(9)) for _ in range(4)]))
   replicate = lambda tree: jax.tree.map(lambda x: jnp.asarray(x)[None], tree)
   results = []
   for unroll_steps in (True, False):
@@ -202,14 +219,15 @@ def test_proximal_appo_starts_each_update_at_ratio_one():
   one_step = _learner(_config(loss=config_lib.LossConfig(objective="appo", reduction="mean",
                                                          ppo_ratio="proximal")))
   for _ in range(3):
-    metrics = one_step.step(unrolls)
+    metrics = one_step.step(stack_unrolls(unrolls))
     assert metrics["clip_fraction"] == 0.0
     assert metrics["approx_kl"] == pytest.approx(0.0, abs=1e-6)
   behaviour = _learner(_config(loss=config_lib.LossConfig(objective="appo", reduction="mean")))
-  assert behaviour.step(unrolls)["approx_kl"] > 1e-3  # μ of the random unrolls is not π.
+  # μ of the random unrolls is not π.
+  assert behaviour.step(stack_unrolls(unrolls))["approx_kl"] > 1e-3
   several = _learner(_config(loss=config_lib.LossConfig(
       objective="appo", reduction="mean", ppo_ratio="proximal"), num_epochs=4))
-  first = several.step(unrolls)
+  first = several.step(stack_unrolls(unrolls))
   assert 0.0 < first["approx_kl"]  # Epochs 2-4 see the policy that epoch 1 moved.
 
 
@@ -240,12 +258,13 @@ _TWO_DEVICE_SCRIPT = textwrap.dedent("""
     import test_learner as t
     assert jax.local_device_count() == 2, jax.devices()
     rng = np.random.default_rng(5)
-    unrolls = [t.make_unroll(rng) for _ in range(4)]
+    from impala_jax.acting import stack_unrolls
+    batch = stack_unrolls([t.make_unroll(rng) for _ in range(4)])
     results = []
     for devices in (jax.local_devices()[:1], jax.local_devices()):
       learner = t._learner(t._config(), devices=devices)
       for _ in range(3):
-        metrics = learner.step(unrolls)
+        metrics = learner.step(batch)
       results.append((learner.state().params, metrics))
     (p1, m1), (p2, m2) = results
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), p1, p2)
@@ -277,5 +296,5 @@ def test_update_compiles_once_across_steps():
   learner = _learner(config, apply_fn=counting_apply)
   rng = np.random.default_rng(6)
   for _ in range(4):
-    learner.step([make_unroll(rng) for _ in range(4)])
+    learner.step(stack_unrolls([make_unroll(rng) for _ in range(4)]))
   assert traces["n"] == 1

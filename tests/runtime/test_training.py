@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -212,17 +213,18 @@ def test_cartpole_is_solved_within_300k_steps_through_the_control_script(tmp_pat
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_state(tmp_path, monkeypatch):
   from impala_jax.learning import learner as learner_lib
 
-  real_step = learner_lib.Learner.step
+  real_finish = learner_lib.Learner.finish
   calls = {"n": 0}
 
-  def step_that_diverges(self, unrolls):
+  def finish_that_diverges(self, pending):
     calls["n"] += 1
     if calls["n"] < 3:
-      return real_step(self, unrolls)
+      return real_finish(self, pending)
+    jax.block_until_ready(pending.metrics)
     # What the pmapped update reports for a NaN loss: the update was not applied.
     return {"finite": 0.0, "loss": float("nan"), "grad_norm": float("nan")}
 
-  monkeypatch.setattr(learner_lib.Learner, "step", step_that_diverges)
+  monkeypatch.setattr(learner_lib.Learner, "finish", finish_that_diverges)
   config = dataclasses.replace(small_pong_config(tmp_path / "nan"), total_env_steps=10**6)
   with pytest.raises(FloatingPointError, match="non-finite at update 2"):
     runtime.train(config, show_progress=False)
