@@ -10,11 +10,10 @@ Parameters are swapped atomically: `update_params` replaces one `(params, versio
 batch reads that tuple once, so every action of a batch comes from one parameter version.
 """
 
-import concurrent.futures
 import queue
 import threading
 import time
-from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +21,7 @@ import numpy as np
 
 from impala_jax import stage_clock
 from impala_jax import types
+from impala_jax.acting import unroll_buffer
 from impala_jax.runtime import worker
 
 # How often blocked calls wake up to check whether the server is still alive.
@@ -44,11 +44,35 @@ class ActResult(NamedTuple):
   core_state: types.CoreState
 
 
+class _Reply:
+  """One request's answer: given once by the server thread, waited for by its actor.
+
+  A raw lock held until the answer is in is the cheapest wake-up CPython has (a Future's
+  Condition costs a waiter lock and several lock operations per request).
+  """
+
+  __slots__ = ("_answered", "result", "error")
+
+  def __init__(self):
+    self._answered = threading.Lock()
+    self._answered.acquire()
+    self.result: Optional[ActResult] = None
+    self.error: Optional[BaseException] = None
+
+  def give(self, result: Optional[ActResult] = None,
+           error: Optional[BaseException] = None) -> None:
+    self.result, self.error = result, error
+    self._answered.release()
+
+  def wait(self, timeout: float) -> bool:
+    return self._answered.acquire(timeout=timeout)
+
+
 class _Request(NamedTuple):
   env_ids: np.ndarray  # [n] int32, global environment ids
   observation: np.ndarray  # [n, *obs_shape]
   first: np.ndarray  # [n] bool
-  future: concurrent.futures.Future
+  reply: _Reply
 
 
 class InferenceStats(NamedTuple):
@@ -67,12 +91,17 @@ def make_policy_step(apply_fn: Callable[..., Any], initial_core_state: types.Cor
     initial_core_state: the core state of one environment, leaves `[1, ...]` (zeros), or ().
 
   Returns:
-    `step(params, state_table, env_ids [N], observation [N, ...], first [N], key) ->
-    (new_state_table, action [N], log_prob [N], core_state_before [N, ...])`. Row
-    `num_envs` of the state table is scratch space for padding entries.
+    `step(params, state_table, key, env_ids [N], observations, first [N]) ->
+    (new_state_table, next_key, action [N], log_prob [N], core_state_before [N, ...])`, where
+    `observations` is a tuple of arrays `[n_i, ...]` with Σn_i = N, joined on the device (so
+    each request's observations go in as they are, read in place where the host allows).
+    Row `num_envs` of the state table is scratch space for padding entries. The key is split
+    inside: no separate call per batch.
   """
 
-  def step(params, state_table, env_ids, observation, first, key):
+  def step(params, state_table, key, env_ids, observations, first):
+    next_key, key = jax.random.split(key)
+    observation = observations[0] if len(observations) == 1 else jnp.concatenate(observations)
     core_state = jax.tree.map(lambda table: table[env_ids], state_table)
     # Reset the recurrent state of environments starting an episode.
     core_state = jax.tree.map(
@@ -84,9 +113,9 @@ def make_policy_step(apply_fn: Callable[..., Any], initial_core_state: types.Cor
     log_prob = policy.log_prob(action)
     new_table = jax.tree.map(lambda table, s: table.at[env_ids].set(s), state_table,
                              new_core_state)
-    return new_table, action, log_prob, core_state
+    return new_table, next_key, action, log_prob, core_state
 
-  return jax.jit(step, donate_argnums=(1,))
+  return jax.jit(step, donate_argnums=(1, 2))
 
 
 class InferenceServer(worker.Worker):
@@ -132,7 +161,8 @@ class InferenceServer(worker.Worker):
     # One extra row absorbs the writes of padding entries.
     self._state_table = jax.tree.map(
         lambda s: jnp.zeros((num_envs + 1,) + s.shape[1:], s.dtype), initial_core_state)
-    self._requests: "queue.Queue[_Request]" = queue.Queue()
+    self._requests: "queue.SimpleQueue[_Request]" = queue.SimpleQueue()
+    self._input_buffers: Dict[Tuple[str, int], Any] = {}  # (input, padded size) → array.
     super().__init__(name="inference-server", description="The inference server")
     self._stats_lock = threading.Lock()
     self._batches = 0
@@ -179,17 +209,17 @@ class InferenceServer(worker.Worker):
     if len(env_ids) > self._max_batch_size:
       raise ValueError(f"A request of {len(env_ids)} environments exceeds the server's "
                        f"max_batch_size={self._max_batch_size}.")
-    future = concurrent.futures.Future()
+    reply = _Reply()
     self._requests.put(_Request(np.asarray(env_ids, np.int32), observation,
-                                np.asarray(first, bool), future))
-    while True:
-      try:
-        return future.result(timeout=_POLL_SECONDS)
-      except concurrent.futures.TimeoutError:
-        if self._error is not None:
-          raise RuntimeError("The inference server failed.") from self._error
-        if self._stop.is_set() and not self._thread.is_alive():
-          raise RuntimeError("The inference server was closed.")
+                                np.asarray(first, bool), reply))
+    while not reply.wait(_POLL_SECONDS):
+      if self._error is not None:
+        raise RuntimeError("The inference server failed.") from self._error
+      if self._stop.is_set() and not self._thread.is_alive():
+        raise RuntimeError("The inference server was closed.")
+    if reply.error is not None:
+      raise reply.error
+    return reply.result
 
   def stats(self, reset: bool = True) -> InferenceStats:
     with self._stats_lock:
@@ -240,28 +270,31 @@ class InferenceServer(worker.Worker):
     start = time.perf_counter()
     sizes = [len(r.env_ids) for r in batch]
     n = sum(sizes)
-    # Pad to a fixed size so the jitted step compiles once, whatever the batch composition.
-    padded = next(b for b in self._batch_sizes if b >= n)
-    env_ids = np.full((padded,), self._num_envs, np.int32)
-    env_ids[:n] = np.concatenate([r.env_ids for r in batch])
-    observation = np.zeros((padded,) + batch[0].observation.shape[1:],
-                           batch[0].observation.dtype)
-    np.concatenate([r.observation for r in batch], out=observation[:n])
-    first = np.zeros((padded,), bool)
-    first[:n] = np.concatenate([r.first for r in batch])
+    if n in self._batch_sizes and min(sizes) == max(sizes):
+      # Requests of one size (the local actors'): each one's observations go in as they are,
+      # no host copy; the step compiles once per number of requests.
+      padded, observations = n, tuple(r.observation for r in batch)
+    else:
+      # Pad to a fixed size so the step compiles once, whatever the batch composition.
+      padded = next(b for b in self._batch_sizes if b >= n)
+      observations = (self._padded_observations(padded, batch[0].observation),)
+      np.concatenate([r.observation for r in batch], out=observations[0][:n])
+    env_ids, first = self._ids_and_firsts(padded)
+    np.concatenate([r.env_ids for r in batch], out=env_ids[:n])
+    env_ids[n:] = self._num_envs  # Padding entries write to the scratch row.
+    np.concatenate([r.first for r in batch], out=first[:n])
     self.clock.lap("assemble")
 
     params, version = self._params_and_version
-    self._key, key = jax.random.split(self._key)
-    self._state_table, action, log_prob, core_state = self._step(
-        params, self._state_table, env_ids, observation, first, key)
+    self._state_table, self._key, action, log_prob, core_state = self._step(
+        params, self._state_table, self._key, env_ids, observations, first)
     action, log_prob, core_state = jax.device_get((action, log_prob, core_state))
     self.clock.lap("policy")
 
     offset = 0
     for request, size in zip(batch, sizes):
       sl = slice(offset, offset + size)
-      request.future.set_result(
+      request.reply.give(
           ActResult(action[sl], log_prob[sl], version, jax.tree.map(lambda x: x[sl], core_state)))
       offset += size
     with self._stats_lock:
@@ -271,11 +304,28 @@ class InferenceServer(worker.Worker):
       self._latency_s += time.perf_counter() - start
     self.clock.lap("reply")
 
+  # The reused, aligned inputs of each padded size. Reuse is safe: a batch's results are on the
+  # host (so its call has finished reading its inputs) before the next batch is assembled.
+
+  def _ids_and_firsts(self, padded: int) -> Tuple[np.ndarray, np.ndarray]:
+    key = ("ids", padded)
+    if key not in self._input_buffers:
+      self._input_buffers[key] = (unroll_buffer.aligned_zeros((padded,), np.int32),
+                                  unroll_buffer.aligned_zeros((padded,), bool))
+    return self._input_buffers[key]
+
+  def _padded_observations(self, padded: int, like: np.ndarray) -> np.ndarray:
+    key = ("observation", padded)
+    buffer = self._input_buffers.get(key)
+    if buffer is None or buffer.dtype != like.dtype or buffer.shape[1:] != like.shape[1:]:
+      buffer = unroll_buffer.aligned_zeros((padded,) + like.shape[1:], like.dtype)
+      self._input_buffers[key] = buffer
+    return buffer
+
   def _fail_pending(self, error: BaseException) -> None:
     while True:
       try:
         request = self._requests.get_nowait()
       except queue.Empty:
         return
-      if not request.future.done():
-        request.future.set_exception(error)
+      request.reply.give(error=error)
