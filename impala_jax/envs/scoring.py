@@ -40,6 +40,7 @@ class EpisodeTracker:
     self._is_atari = bool(is_atari)
     # float64: sums of thousands of rewards must not lose precision.
     self._returns = np.zeros(self._num_envs, np.float64)
+    self._all_envs = np.arange(self._num_envs)
     self._num_episodes = 0
 
   @property
@@ -73,16 +74,19 @@ class EpisodeTracker:
     """
     env_ids = np.asarray(env_ids)
     num_results = env_ids.shape[0] if env_ids.ndim == 1 else -1
-    if num_results < 0 or not np.issubdtype(env_ids.dtype, np.integer):
+    if num_results < 0 or env_ids.dtype.kind not in "iu":
       raise ValueError(f"env_ids must be a 1-D integer array, got {env_ids.dtype} "
                        f"{env_ids.shape}.")
     if num_results == 0:
       return []
-    if env_ids.min() < 0 or env_ids.max() >= self._num_envs:
-      raise ValueError(f"env_ids must be in [0, {self._num_envs}), got {env_ids}.")
-    # Duplicates would silently drop rewards in the fancy-indexed `+=` below.
-    if np.bincount(env_ids, minlength=self._num_envs).max() > 1:
-      raise ValueError(f"env_ids must be distinct within a batch, got {env_ids}.")
+    # Every environment in order (EnvPool's answer when recv takes them all): plain slices.
+    every_env = num_results == self._num_envs and bool((env_ids == self._all_envs).all())
+    if not every_env:
+      if env_ids.min() < 0 or env_ids.max() >= self._num_envs:
+        raise ValueError(f"env_ids must be in [0, {self._num_envs}), got {env_ids}.")
+      # Duplicates would silently drop rewards in the fancy-indexed `+=` below.
+      if np.bincount(env_ids, minlength=self._num_envs).max() > 1:
+        raise ValueError(f"env_ids must be distinct within a batch, got {env_ids}.")
     if self._is_atari:
       missing = [key for key in ("reward", "terminated", "elapsed_step") if key not in info]
     else:
@@ -103,7 +107,10 @@ class EpisodeTracker:
                          f"{array.shape}.")
 
     # Reset steps carry reward 0, so adding them needs no mask.
-    self._returns[env_ids] += score
+    if every_env:
+      self._returns += score
+    else:
+      self._returns[env_ids] += score
     if not ended.any():
       return []
     finished_ids = env_ids[ended]

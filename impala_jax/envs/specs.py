@@ -136,7 +136,7 @@ def to_env_action(actions: Any, spec: EnvSpec) -> np.ndarray:
   if spec.discrete:
     if actions.ndim != 1:
       raise ValueError(f"Discrete actions must be [batch], got shape {actions.shape}.")
-    if not np.issubdtype(actions.dtype, np.integer):
+    if actions.dtype.kind not in "iu":
       raise TypeError(f"Discrete actions must be integers, got dtype {actions.dtype}.")
     if actions.size and (actions.min() < 0 or actions.max() >= spec.num_actions):
       raise ValueError(f"Discrete actions must be in [0, {spec.num_actions}), got "
