@@ -7,6 +7,7 @@ process's RSS and its growth (`memory`), all read from the run's metrics.csv.
 import csv
 import os
 import threading
+import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from benchmarks import memory
@@ -117,28 +118,89 @@ def summarize_metrics(rows: Sequence[Row], warmup_seconds: float, memory_from_se
 
 
 def measure_end_to_end(config: config_lib.TrainConfig, warmup_seconds: float,
-                       window_seconds: float, memory_from_seconds: float) -> Dict[str, Any]:
-  """Trains for warm-up + window seconds with the real system and summarises metrics.csv.
+                       window_seconds: float, memory_from_seconds: Optional[float] = None,
+                       first_row_deadline_seconds: float = 600.0) -> Dict[str, Any]:
+  """Trains with the real system and summarises metrics.csv.
 
-  `runtime.TrainingRun.run` runs in this (the main) thread, so Ctrl-C stops it cleanly; a
-  timer asks it to stop. `config.logdir` must not hold a previous run's checkpoints. All
-  times, `warmup_seconds` and `memory_from_seconds` included, count from the call to `run()`.
+  The clock of the measurement starts at the run's first metrics row, whenever set-up and
+  compilation let it come (a minute and more with XLA autotuning on an accelerator): from
+  there, `warmup_seconds` are left out and `window_seconds` measured, then the run is asked to
+  stop. `runtime.TrainingRun.run` runs in this (the main) thread, so Ctrl-C stops it cleanly.
+  `config.logdir` must not hold a previous run's checkpoints.
+
+  Args:
+    memory_from_seconds: where RSS growth is measured from, on the rows' clock (seconds since
+      `run()` started); None: where the measured span starts.
+    first_row_deadline_seconds: give up (stop the run, raise) when no row has come by then.
 
   Returns:
     `summarize_metrics`'s dict (metrics.csv's `wall_seconds` count from `run()`), plus the
-    run's update count and stop reason.
+    run's update count, stop reason and the second its first row came.
+
+  Raises:
+    TimeoutError: no metrics row within `first_row_deadline_seconds`.
   """
   run = runtime.TrainingRun(config, show_progress=False)
   csv_path = os.path.join(config.logdir, "metrics.csv")
-  timer = threading.Timer(warmup_seconds + window_seconds, run.request_stop)
-  timer.daemon = True
-  timer.start()
+  watch = _FirstRowWatch(run, csv_path, warmup_seconds + window_seconds,
+                         first_row_deadline_seconds)
+  watch.start()
   try:
     summary = run.run()
   finally:
-    timer.cancel()
+    watch.close()
+  if watch.timed_out:
+    raise TimeoutError(
+        f"No metrics row within {first_row_deadline_seconds:.0f} s of the run's start (set-up, "
+        "compilation and the first batch took longer); raise --first_row_deadline_seconds.")
   rows = read_metrics_csv(csv_path)
-  result = summarize_metrics(rows, warmup_seconds, memory_from_seconds,
-                             synthetic.frames_per_step(config.env))
-  result.update(updates=summary.updates, stop_reason=summary.stop_reason)
+  first_row_seconds = rows[0]["wall_seconds"] if rows else 0.0
+  span_start = first_row_seconds + warmup_seconds
+  result = summarize_metrics(
+      rows, span_start, span_start if memory_from_seconds is None else memory_from_seconds,
+      synthetic.frames_per_step(config.env))
+  result.update(updates=summary.updates, stop_reason=summary.stop_reason,
+                first_row_seconds=first_row_seconds)
   return result
+
+
+class _FirstRowWatch:
+  """Asks a run to stop `seconds` after its first metrics row, or at a deadline without one."""
+
+  _POLL_SECONDS = 0.5
+
+  def __init__(self, run: runtime.TrainingRun, csv_path: str, seconds: float,
+               deadline_seconds: float):
+    self._run = run
+    self._csv_path = csv_path
+    self._seconds = seconds
+    self._deadline_seconds = deadline_seconds
+    self._done = threading.Event()
+    self._thread = threading.Thread(target=self._watch, name="e2e-watch", daemon=True)
+    self.timed_out = False
+
+  def start(self) -> None:
+    self._thread.start()
+
+  def close(self) -> None:
+    self._done.set()
+    self._thread.join()
+
+  def _has_a_row(self) -> bool:
+    try:
+      with open(self._csv_path) as f:
+        return sum(1 for _ in f) >= 2  # The header, then a row.
+    except FileNotFoundError:
+      return False
+
+  def _watch(self) -> None:
+    start = time.monotonic()
+    while not self._done.wait(self._POLL_SECONDS):
+      if self._has_a_row():
+        if not self._done.wait(self._seconds):
+          self._run.request_stop()
+        return
+      if time.monotonic() - start > self._deadline_seconds:
+        self.timed_out = True
+        self._run.request_stop()
+        return

@@ -95,9 +95,11 @@ def define_flags() -> None:
   flags.DEFINE_list("measure", [m for m in MEASUREMENTS if m != "pipeline"],
                     f"Measurements to run: {','.join(MEASUREMENTS)}.")
   flags.DEFINE_list("networks", ["shallow", "deep"], "Torsos for e2e, learner and inference.")
-  flags.DEFINE_float("warmup_seconds", 30.0, "e2e: seconds since the training run started "
+  flags.DEFINE_float("warmup_seconds", 30.0, "e2e: seconds after the run's first metrics row "
                      "that are left out of the measurement (set-up and compilation happen "
-                     "here).")
+                     "before that row, however long they take).")
+  flags.DEFINE_float("first_row_deadline_seconds", 600.0, "e2e: stop with an error when the "
+                     "run has written no metrics row by then.")
   flags.DEFINE_float("window_seconds", 20.0, "raw and e2e: seconds measured after warm-up "
                      "(e2e: at most; it ends at the last metrics row).")
   flags.DEFINE_float("raw_warmup_seconds", 3.0, "raw: seconds left out after the pools "
@@ -153,7 +155,7 @@ def run_benchmarks(config: config_lib.TrainConfig, measure: Sequence[str],
                                        logdir=os.path.join(logdir, name))
       report["e2e"][name] = end_to_end.measure_end_to_end(
           run_config, settings["warmup_seconds"], settings["e2e_window_seconds"],
-          settings["memory_from_seconds"])
+          settings["memory_from_seconds"], settings["first_row_deadline_seconds"])
       # Let the next run's RSS start from what the process needs, not the last run's caches.
       jax.clear_caches()
       gc.collect()
@@ -206,8 +208,8 @@ def _config_and_settings() -> Tuple[config_lib.TrainConfig, Dict[str, Any]]:
       e2e_window_seconds = _LONG_WINDOW_SECONDS
     if not f["memory_from_minute"].present:
       memory_from_minute = _LONG_MEMORY_FROM_MINUTE
-  memory_from_seconds = (f.warmup_seconds if memory_from_minute is None
-                         else 60.0 * memory_from_minute)
+  # None: from the end of the warm-up, which follows the run's first metrics row.
+  memory_from_seconds = None if memory_from_minute is None else 60.0 * memory_from_minute
   config = common.config_from_flags()
   config = dataclasses.replace(
       config, total_env_steps=_UPDATES_BUDGET * config.steps_per_update,
@@ -228,6 +230,7 @@ def _config_and_settings() -> Tuple[config_lib.TrainConfig, Dict[str, Any]]:
       memory_from_seconds=memory_from_seconds, learner_iters=f.learner_iters,
       inference_batch_sizes=inference_batch_sizes, inference_calls=f.inference_calls,
       frames_per_env_step=frames_per_env_step, seed=f.seed,
+      first_row_deadline_seconds=f.first_row_deadline_seconds,
       pipeline_layout=f.pipeline_layout, pipeline_warmup_seconds=f.pipeline_warmup_seconds)
   return config, settings
 

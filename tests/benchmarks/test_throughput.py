@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from benchmarks import end_to_end
+from impala_jax import config as config_lib
 from benchmarks import memory
 from benchmarks import report
 
@@ -179,13 +180,15 @@ def test_tiny_run_reports_every_measurement_and_ratio(tmp_path):
          "--networks=shallow", "--warmup_seconds=10", "--window_seconds=10",
          "--raw_warmup_seconds=1", "--log_interval_seconds=1", "--learner_iters=1",
          "--batch_size=4", "--inference_batch_sizes=1,4", "--inference_calls=10",
-         f"--output={output}"]
+         "--measure=raw,e2e,learner,inference,pipeline", "--pipeline_layout=2x4",
+         "--pipeline_warmup_seconds=3", f"--output={output}"]
   out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   assert "÷ raw EnvPool" in out.stdout and "project ÷ reference" in out.stdout
 
   report = json.loads(output.read_text())
-  for section in ("settings", "machine", "raw", "e2e", "learner", "inference", "ratios"):
+  for section in ("settings", "machine", "raw", "e2e", "learner", "inference", "pipeline",
+                  "ratios"):
     assert section in report, section
   for path, value in _numbers(report):
     assert math.isfinite(value), (path, value)
@@ -214,6 +217,37 @@ def test_tiny_run_reports_every_measurement_and_ratio(tmp_path):
   for phase in ("actor_env", "actor_inference", "actor_queue", "learner_update",
                 "learner_transfer", "learner_batch_wait"):
     assert e2e["time_fractions"][phase] is not None, phase
+  # The pipeline: the host's CPU per agent step, by stage, through the real path.
+  pipeline = report["pipeline"]
+  assert pipeline["num_actor_threads"] == 2 and pipeline["envs_per_thread"] == 4
+  assert pipeline["env_steps_per_second"] > 0 and pipeline["host_us_per_step"] > 0
+  for stage in ("actor_env", "actor_bookkeeping", "actor_inference", "actor_queue",
+                "inference_assemble", "inference_policy", "inference_reply",
+                "learner_transfer", "learner_dispatch", "learner_update", "other"):
+    assert stage in pipeline["stage_us_per_step"], stage
+  assert "Host pipeline" in out.stdout
   # The two learners compute the same loss on the same parameters and batch.
   assert learner["first_loss"]["relative_difference"] < 1e-4
   assert report["machine"]["cpu_count"] == os.cpu_count()
+
+
+def _small_run_config(logdir, log_interval_seconds):
+  return config_lib.TrainConfig(
+      env=config_lib.EnvConfig("CartPole-v1", num_envs=4), num_actor_threads=1,
+      network=config_lib.NetworkConfig("mlp"), unroll_length=5, batch_size=4,
+      total_env_steps=10**9, logdir=str(logdir), log_interval_seconds=log_interval_seconds)
+
+
+def test_e2e_measures_from_the_first_metrics_row_however_late_it_comes(tmp_path):
+  result = end_to_end.measure_end_to_end(_small_run_config(tmp_path / "run", 0.5),
+                                         warmup_seconds=1.0, window_seconds=2.0)
+  assert result["first_row_seconds"] > 0
+  assert result["measured_from_seconds"] >= result["first_row_seconds"] + 1.0
+  assert result["env_steps_per_second"] > 0 and "warning" not in result
+
+
+def test_e2e_without_a_first_row_by_its_deadline_stops_and_says_why(tmp_path):
+  config = _small_run_config(tmp_path / "run", log_interval_seconds=600.0)
+  with pytest.raises(TimeoutError, match="No metrics row within 3 s"):
+    end_to_end.measure_end_to_end(config, warmup_seconds=1.0, window_seconds=1.0,
+                                  first_row_deadline_seconds=3.0)
