@@ -33,13 +33,16 @@ procgen-libs:
 	  $$SUDO apt-get update -qq && \
 	  $$SUDO apt-get install -y -qq --no-install-recommends libqt5gui5 >/dev/null; }
 
-# Pong with the fastest-learning configuration measured on a 2-core CPU (docs/results/): the
-# real game score (mean of the last 20 games) passed +18 after 36 and 55 minutes there (seeds 0
-# and 1); 8M agent steps, under an hour.
-# The paper's settings: make train TRAIN_FLAGS=experiments/configs/atari_paper.flags
-TRAIN_FLAGS ?= experiments/configs/pong_impala.flags
+# Pong with the configuration for this machine (experiments/presets.py, which says which it
+# chose): on a CPU, the fastest-learning one measured on 2 cores (docs/results/: the real game
+# score, mean of the last 20 games, passed +18 after 36 and 55 minutes there with seeds 0 and
+# 1; 8M agent steps, under an hour); on a GPU or TPU, configs/pong_gpu.flags.
+# Another one: make train TRAIN_FLAGS=experiments/configs/atari_paper.flags
 train: $(STAMP)
-	$(PY) experiments/atari.py --flagfile=$(TRAIN_FLAGS) $(ARGS)
+	@flags="$(TRAIN_FLAGS)"; \
+	  if [ -z "$$flags" ]; then flags=$$($(PY) experiments/presets.py) || exit 1; fi; \
+	  echo "$(PY) experiments/atari.py --flagfile=$$flags $(ARGS)"; \
+	  $(PY) experiments/atari.py --flagfile=$$flags $(ARGS)
 
 # The CI suite: everything except tests marked `slow` (long learning runs).
 test: $(STAMP) redis-server procgen-libs

@@ -35,8 +35,11 @@ setuptools.setup(
         "gymnasium>=1.0",
     ],
     extras_require={
-        # JAX's CUDA 12 wheels (bundled CUDA/cuDNN); see BUILD.md.
+        # JAX's CUDA wheels (bundled CUDA/cuDNN; only the NVIDIA driver comes from the host):
+        # CUDA 12 (driver >= 525) or CUDA 13 (driver >= 580); see BUILD.md. "cuda" is 12.
         "cuda": ["jax[cuda12]>=0.10,<0.11"],
+        "cuda12": ["jax[cuda12]>=0.10,<0.11"],
+        "cuda13": ["jax[cuda13]>=0.10,<0.11"],
         # Cloud TPU VMs.
         "tpu": ["jax[tpu]>=0.10,<0.11"],
         # experiments/plot_metrics.py and the learning benchmark's curves; the ffmpeg binary

@@ -83,3 +83,36 @@ def test_every_configuration_builds_a_valid_config():
     assert summary["total_env_steps"] > 0
   assert parsed[os.path.join(REPO, "experiments", "configs", "pong_appo.flags")][
       "objective"] == "appo"
+
+
+def test_the_preset_follows_the_backend():
+  sys.path.insert(0, os.path.join(REPO, "experiments"))
+  try:
+    import presets  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.pop(0)
+  gpu = os.path.join("experiments", "configs", "pong_gpu.flags")
+  assert presets.preset_for_backend("gpu") == presets.preset_for_backend("tpu") == gpu
+  assert presets.preset_for_backend("cpu") == os.path.join("experiments", "configs",
+                                                           "pong_impala.flags")
+  assert all(os.path.exists(os.path.join(REPO, p)) for p in presets.PRESETS.values())
+
+
+def _make_train(**variables):
+  """`make train` with `--helpshort` (prints the script's help, trains nothing)."""
+  args = [f"{k}={v}" for k, v in variables.items()]
+  env = {k: v for k, v in os.environ.items() if k != "TRAIN_FLAGS"}
+  out = subprocess.run(["make", "--no-print-directory", "train", "ARGS=--helpshort", *args],
+                       capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+  return out.stdout + out.stderr
+
+
+def test_make_train_says_which_preset_it_chose_and_runs_it():
+  output = _make_train()  # The tests run on the CPU backend.
+  assert "JAX's default backend is cpu" in output
+  assert "make train runs experiments/configs/pong_impala.flags" in output
+  assert "experiments/atari.py --flagfile=experiments/configs/pong_impala.flags" in output
+  assert "IMPALA on Atari" in output  # The script itself ran (its help).
+  chosen = _make_train(TRAIN_FLAGS="experiments/configs/atari_paper.flags")
+  assert "experiments/atari.py --flagfile=experiments/configs/atari_paper.flags" in chosen
+  assert "default backend" not in chosen  # An explicit choice asks no one.
