@@ -55,7 +55,8 @@ def main(argv) -> None:
     config = dataclasses.replace(common.config_from_flags_without_store(), logdir="unused")
     store = trajectory_store.RedisStore(store_config)
     store.check()
-    host = actor_host.ActorHost(config, store)
+    host = actor_host.ActorHost(config, store,
+                                params_poll_seconds=store_config.publish_interval_seconds)
   except (ValueError, PermissionError, ConnectionError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
