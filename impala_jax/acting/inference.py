@@ -10,7 +10,6 @@ Parameters are swapped atomically: `update_params` replaces one `(params, versio
 batch reads that tuple once, so every action of a batch comes from one parameter version.
 """
 
-import queue
 import threading
 import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -21,6 +20,7 @@ import numpy as np
 
 from impala_jax import stage_clock
 from impala_jax import types
+from impala_jax.acting import request_inbox
 from impala_jax.acting import unroll_buffer
 from impala_jax.runtime import worker
 
@@ -161,7 +161,7 @@ class InferenceServer(worker.Worker):
     # One extra row absorbs the writes of padding entries.
     self._state_table = jax.tree.map(
         lambda s: jnp.zeros((num_envs + 1,) + s.shape[1:], s.dtype), initial_core_state)
-    self._requests: "queue.SimpleQueue[_Request]" = queue.SimpleQueue()
+    self._requests: "request_inbox.RequestInbox[_Request]" = request_inbox.RequestInbox()
     self._input_buffers: Dict[Tuple[str, int], Any] = {}  # (input, padded size) → array.
     super().__init__(name="inference-server", description="The inference server")
     self._stats_lock = threading.Lock()
@@ -245,26 +245,10 @@ class InferenceServer(worker.Worker):
     self._fail_pending(error)
 
   def _gather(self) -> List[_Request]:
-    try:
-      batch = [self._requests.get(timeout=_POLL_SECONDS)]
-    except queue.Empty:
-      return []
-    size = len(batch[0].env_ids)
-    deadline = time.monotonic() + self._batch_wait_s
-    expected = self._expected_requests
-    while expected is None or len(batch) < expected:
-      remaining = deadline - time.monotonic()
-      try:
-        request = (self._requests.get(timeout=remaining) if remaining > 0 else
-                   self._requests.get_nowait())
-      except queue.Empty:
-        break
-      if size + len(request.env_ids) > self._max_batch_size:
-        self._requests.put(request)  # Serve it in the next batch.
-        break
-      batch.append(request)
-      size += len(request.env_ids)
-    return batch
+    """The next batch of requests: what arrives within the batching window after the first,
+    up to the expected number of requesters and the largest batch size."""
+    return self._requests.take(_POLL_SECONDS, self._batch_wait_s, self._expected_requests,
+                               self._max_batch_size, lambda request: len(request.env_ids))
 
   def _serve(self, batch: List[_Request]) -> None:
     start = time.perf_counter()
@@ -323,9 +307,5 @@ class InferenceServer(worker.Worker):
     return buffer
 
   def _fail_pending(self, error: BaseException) -> None:
-    while True:
-      try:
-        request = self._requests.get_nowait()
-      except queue.Empty:
-        return
+    for request in self._requests.drain():
       request.reply.give(error=error)
