@@ -4,7 +4,8 @@ Everything around it is injected, so that each piece can be swapped (a Redis sto
 the local actors, several publishers) or faked in a test:
 
   batches      `BatchSource.next_batch()`: a `types.HostBatch`, or None when the run must stop
-  learner      `learning.Learner` (`transfer`, `dispatch`, `finish`, `params`, `update_step`)
+  learner      `learning.Learner` (`transfer`, `dispatch`, `finish`, `params`, `update_step`,
+               `sends_ahead`)
   publish      `publish(params, version)`: hands new parameters to whoever acts
   telemetry    `Telemetry.record(metrics, env_steps)`: rows, progress bar, phase timings
   checkpoints  `CheckpointSchedule.maybe_save(env_steps)` / `save(env_steps)`
@@ -136,7 +137,7 @@ class LearnerLoop:
     """
     code = CONTINUE
     ahead = in_flight = None
-    send_ahead = getattr(self._learner, "sends_ahead", False)
+    send_ahead = self._learner.sends_ahead
     try:
       if self.env_steps < self._total_env_steps:
         ahead, code = self._take_batch()
