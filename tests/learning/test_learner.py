@@ -119,6 +119,26 @@ def test_updates_reduce_the_loss_on_a_fixed_batch_and_count_steps():
   assert first["policy_version_mean"] == pytest.approx(3.0)
 
 
+def test_sending_the_batch_ahead_gives_the_same_updates():
+  """The accelerator's path (`jax.device_put` laid out as the update's own arrays), run here on
+  the CPU, computes what the CPU's path (the host batch straight into the update) does."""
+  rng = np.random.default_rng(11)
+  batches = [stack_unrolls([make_unroll(rng) for _ in range(4)]) for _ in range(3)]
+  params = []
+  for send_ahead in (False, True):
+    learner = _learner(_config())
+    learner.sends_ahead = send_ahead
+    pending = learner.dispatch(learner.transfer(batches[0]))
+    for batch in batches[1:]:
+      ahead = learner.transfer(batch)  # While the previous update may still run.
+      learner.finish(pending)
+      pending = learner.dispatch(ahead)
+    learner.finish(pending)
+    assert learner.update_step == 3
+    params.append(learner.state().params)
+  jax.tree.map(np.testing.assert_array_equal, *params)
+
+
 def test_published_params_follow_updates():
   rng = np.random.default_rng(2)
   learner = _learner(_config())
@@ -261,14 +281,18 @@ _TWO_DEVICE_SCRIPT = textwrap.dedent("""
     from impala_jax.acting import stack_unrolls
     batch = stack_unrolls([t.make_unroll(rng) for _ in range(4)])
     results = []
-    for devices in (jax.local_devices()[:1], jax.local_devices()):
+    # One device; two; two with the batch sent ahead by jax.device_put (an accelerator's path).
+    for devices, send_ahead in ((jax.local_devices()[:1], False),
+                                (jax.local_devices(), False), (jax.local_devices(), True)):
       learner = t._learner(t._config(), devices=devices)
+      learner.sends_ahead = send_ahead
       for _ in range(3):
         metrics = learner.step(batch)
       results.append((learner.state().params, metrics))
-    (p1, m1), (p2, m2) = results
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), p1, p2)
-    np.testing.assert_allclose(m1["grad_norm"], m2["grad_norm"], rtol=1e-4)
+    (p1, m1) = results[0]
+    for p2, m2 in results[1:]:
+      jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), p1, p2)
+      np.testing.assert_allclose(m1["grad_norm"], m2["grad_norm"], rtol=1e-4)
     print("SAME_PARAMS")
 """)
 
