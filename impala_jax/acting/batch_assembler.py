@@ -17,11 +17,11 @@ its update no longer reads it. Until then no writer can touch it: a buffer is wr
 while it is a writer's block or is being filled, never while it is queued or the learner's.
 
 Buffers are allocated on demand up to `capacity + reader_buffers` and 64-byte aligned, so
-that XLA's CPU client uses them in place (`jax.device_put` without a copy). When every buffer is
-in use (the learner is behind), writers block, re-checking their stop condition every 0.1 s:
-that is the backpressure that keeps the data fresh. With `capacity` 1 and a learner holding two
-batches (the one its update reads and the next, transferred ahead), data waits for at most the
-two updates before its own, as with a queue of one batch in front of a learner that takes one.
+that XLA's CPU client uses them in place, without a copy. When every buffer is in use (the
+learner is behind), writers block, re-checking their stop condition every 0.1 s: that is the
+backpressure that keeps the data fresh. With `capacity` 1, a batch waits behind at most the
+one the learner holds (two on an accelerator, where the next is sent ahead during an update),
+as with a queue of one batch in front of a learner.
 """
 
 import queue
