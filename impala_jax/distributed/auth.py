@@ -9,8 +9,6 @@ import os
 import stat
 from typing import Optional
 
-from absl import logging
-
 # The environment variable that holds the env hosts' token when no --token_file is given.
 TOKEN_ENV_VAR = "IMPALA_JAX_TOKEN"
 MIN_SECRET_CHARS = 16
@@ -20,13 +18,16 @@ def read_secret(path: Optional[str], env_var: str) -> Optional[str]:
   """The secret in `path` (stripped) if given, else `$env_var`, else None.
 
   Raises:
-    ValueError: the file is missing or empty, or the secret is shorter than 16 characters.
+    ValueError: the file is missing, open to other users (group or world bits in its mode), or
+      empty, or the secret is shorter than 16 characters.
   """
   if path:
     if not os.path.isfile(path):
       raise ValueError(f"Secret file {path!r} does not exist.")
-    if os.stat(path).st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-      logging.warning("Secret file %s is readable by other users; chmod 600 it.", path)
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+      raise ValueError(f"Secret file {path!r} has mode {mode:o}: other users can read or change "
+                       f"it. Run `chmod 600 {path}` (and choose a new secret if it was shared).")
     with open(path, encoding="utf-8") as f:
       secret = f.read().strip()
     source = f"file {path!r}"

@@ -114,12 +114,23 @@ def decode(payload: bytes, schema: Sequence[ArraySpec], max_batch: int) -> Messa
     if offset + nbytes > len(payload):
       raise WireError(f"The message is truncated: {spec.name!r} needs {nbytes} bytes at "
                       f"offset {offset}, only {len(payload) - offset} remain.")
+    if np.dtype(spec.dtype) == np.bool_:
+      _check_bool_bytes(payload, offset, _count(shape), spec.name)
     arrays[spec.name] = np.frombuffer(payload, np.dtype(spec.dtype), _count(shape),
                                       offset).reshape(shape)
     offset += nbytes
   if offset != len(payload):
     raise WireError(f"{len(payload) - offset} unexpected bytes after the last array.")
   return Message(kind, sequence, arrays)
+
+
+def _check_bool_bytes(payload: bytes, offset: int, count: int, name: str) -> None:
+  """A bool is one byte, 0 or 1. NumPy reads any other byte as True and XLA does not (a byte 2
+  gives 0 from a jitted `jnp.where(x, 1, 0)` and counts 2 in `sum`), so the actors and the
+  learner would disagree on, say, where an episode ends."""
+  raw = np.frombuffer(payload, np.uint8, count, offset)
+  if count and raw.max() > 1:
+    raise WireError(f"{name!r} holds byte value {int(raw.max())}; a bool must be 0 or 1.")
 
 
 def _count(shape: Tuple[int, ...]) -> int:

@@ -250,6 +250,7 @@ def test_the_server_refuses_to_start_without_a_token(tmp_path, monkeypatch):
     env_server.read_token(remote)
   short = tmp_path / "short"
   short.write_text("abc")
+  os.chmod(short, 0o600)
   with pytest.raises(ValueError, match="has 3 characters; use at least 16"):
     env_server.read_token(config_lib.RemoteEnvConfig("127.0.0.1:0", str(short)))
   good = tmp_path / "good"

@@ -103,3 +103,11 @@ def test_random_and_mutated_bytes_only_ever_raise_wire_errors():
     # What passes is well formed: the schema's dtypes and shapes.
     for spec in SCHEMA:
       assert message.arrays[spec.name].dtype == spec.dtype
+
+
+def test_bool_bytes_other_than_0_and_1_are_rejected():
+  payload = bytearray(wire.encode(1, 0, SCHEMA, _arrays()))
+  # The last array is the two-byte `flag`, at the very end of the message.
+  payload[-2] = 2
+  with pytest.raises(wire.WireError, match="'flag' holds byte value 2; a bool must be 0 or 1"):
+    wire.decode(bytes(payload), SCHEMA, max_batch=8)
