@@ -217,6 +217,33 @@ class OptimizerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ValueLimits:
+  """What the learner accepts from other hosts (env hosts, actor hosts), beyond the ranges the
+  environment itself declares (`envs.value_checks`).
+
+  Attributes:
+    max_abs_reward: the largest reward magnitude accepted, also per step of an episode's
+      score: past ~1e6 a value loss in float32 no longer stays finite over a batch.
+    max_abs_value: the largest magnitude of a float observation, continuous action or
+      recurrent state value accepted.
+    violations_to_evict: a host whose data breaks these limits this many times is evicted
+      (refused from then on); each violation rejects that message or unroll.
+  """
+
+  max_abs_reward: float = 1e6
+  max_abs_value: float = 1e6
+  violations_to_evict: int = 3
+
+  def __post_init__(self):
+    _require(0 < self.max_abs_reward < math.inf,
+             f"max_abs_reward must be a positive finite number, got {self.max_abs_reward}.")
+    _require(0 < self.max_abs_value < math.inf,
+             f"max_abs_value must be a positive finite number, got {self.max_abs_value}.")
+    _require(self.violations_to_evict >= 1,
+             f"violations_to_evict must be >= 1, got {self.violations_to_evict}.")
+
+
+@dataclasses.dataclass(frozen=True)
 class RemoteEnvConfig:
   """Remote environment hosts that stream to this learner's inference server (SEED-style).
 

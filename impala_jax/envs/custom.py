@@ -58,6 +58,7 @@ module is imported, so `--env=my_sim:make_env` finds `my_sim.py` there.
 """
 
 import collections
+import dataclasses
 import os
 from typing import Any, List, Optional, Tuple, Union
 
@@ -65,13 +66,21 @@ import numpy as np
 
 from impala_jax.envs import custom_copies
 from impala_jax.envs import custom_workers
+from impala_jax.envs import specs
+from impala_jax.envs import value_checks
 from impala_jax.envs.specs import EnvSpec
 
 Factory = custom_copies.Factory
 load_factory = custom_copies.load_factory
 
-def env_spec_of(conversion: custom_copies.Conversion) -> EnvSpec:
+def env_spec_of(conversion: custom_copies.Conversion,
+                max_episode_steps: Optional[int] = None) -> EnvSpec:
   """The `EnvSpec` of an environment's `Conversion`: what the pool delivers and accepts."""
+  low, high = specs.observation_bounds(conversion.observation_low, conversion.observation_high,
+                                       conversion.observation_dtype, conversion.transpose)
+  ranges = specs.DeclaredRanges(
+      observation_low=low, observation_high=high, reward_low=conversion.reward_low,
+      reward_high=conversion.reward_high, max_episode_steps=max_episode_steps)
   return EnvSpec(
       observation_shape=tuple(conversion.observation_shape),
       observation_dtype=np.dtype(conversion.observation_dtype),
@@ -82,7 +91,14 @@ def env_spec_of(conversion: custom_copies.Conversion) -> EnvSpec:
       action_high=conversion.action_high,
       # What `to_env_action` hands the pool; each copy converts to its environment's dtype.
       action_dtype=np.dtype(np.int32 if conversion.discrete else np.float32),
-      is_atari=False)
+      is_atari=False,
+      ranges=ranges)
+
+
+def with_time_limit(spec: EnvSpec, max_episode_steps: Optional[int]) -> EnvSpec:
+  """`spec` with the pool's own time limit declared (the environment's own is not known)."""
+  ranges = dataclasses.replace(spec.ranges, max_episode_steps=max_episode_steps)
+  return spec._replace(ranges=ranges)
 
 
 def spec_of(factory: Union[str, Factory], seed: int = 0) -> EnvSpec:
@@ -131,6 +147,7 @@ class CustomEnvPool:
       raise ValueError(f"num_workers must be in [0, num_envs={num_envs}], got {num_workers}.")
     self.num_envs = num_envs
     self.batch_size = batch_size
+    self._name = factory if isinstance(factory, str) else custom_copies.name_of(factory)
     self.num_workers = num_workers
     self._workers: List[custom_workers.Worker] = []
     self._copies: Optional[custom_copies.Copies] = None
@@ -145,14 +162,16 @@ class CustomEnvPool:
     if num_workers == 0:
       copies = custom_copies.build(factory, range(num_envs), seed)
       conversion = custom_copies.conversion_of(copies[0].env)
-      self.spec = env_spec_of(conversion)
+      self.spec = env_spec_of(conversion, max_episode_steps)
+      self._checker = value_checks.ValueChecker(self.spec)
       self._buffers = custom_copies.Buffers(conversion.layout(), num_envs)
       self._copies = custom_copies.Copies(copies, 0, self._buffers, seed, max_episode_steps)
       return
     probe = custom_copies.make_one(factory, seed)  # Read the spaces, then let workers build.
     try:
       layout = custom_copies.conversion_of(probe).layout()
-      self.spec = env_spec_of(custom_copies.conversion_of(probe))
+      self.spec = env_spec_of(custom_copies.conversion_of(probe), max_episode_steps)
+      self._checker = value_checks.ValueChecker(self.spec)
     finally:
       probe.close()
     path = custom_workers.shared_file(custom_copies.Buffers.nbytes(layout, num_envs))
@@ -276,6 +295,10 @@ class CustomEnvPool:
 
   def _results(self, ids: np.ndarray):
     b = self._buffers
+    try:  # Your environment's values enter training here: finite, within what it declares.
+      self._checker.env_results(b.observation[ids], b.reward[ids])
+    except value_checks.ValueViolation as e:
+      raise value_checks.own_environment_error(self._name, e) from None
     info = {"env_id": ids, "elapsed_step": b.elapsed_step[ids],
             "players": {"env_id": ids.copy()}}
     return b.observation[ids], b.reward[ids], b.terminated[ids], b.truncated[ids], info

@@ -77,7 +77,7 @@ def resolve(factory: Union[str, Factory]) -> Factory:
   return load_factory(factory) if isinstance(factory, str) else factory
 
 
-def _name(factory: Factory) -> str:
+def name_of(factory: Factory) -> str:
   return f"{getattr(factory, '__module__', '?')}:{getattr(factory, '__qualname__', factory)}"
 
 
@@ -91,7 +91,7 @@ def _takes_seed(factory: Factory) -> bool:
   required = [p.name for p in parameters.values() if p.default is p.empty and
               p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
   if required:
-    raise ValueError(f"The environment factory {_name(factory)} must take no argument or one "
+    raise ValueError(f"The environment factory {name_of(factory)} must take no argument or one "
                      f"named 'seed'; it requires {required}.")
   return False
 
@@ -101,7 +101,7 @@ def make_one(factory: Union[str, Factory], seed: int) -> Any:
   factory = resolve(factory)
   env = factory(seed=seed) if _takes_seed(factory) else factory()
   if not isinstance(env, (gymnasium.Env, dm_env.Environment)):
-    raise ValueError(f"The environment factory {_name(factory)} returned "
+    raise ValueError(f"The environment factory {name_of(factory)} returned "
                      f"{type(env).__name__}; expected a gymnasium.Env or a dm_env.Environment "
                      "(an old `gym` environment needs porting to gymnasium).")
   return env
@@ -124,6 +124,9 @@ class Conversion(NamedTuple):
     action_offset: added to discrete actions (gymnasium's `Discrete(start=...)`, a dm_env
       `BoundedArray`'s minimum).
     env_action_dtype: the dtype the environment takes actions in.
+    observation_low, observation_high: the observation space's bounds, as the environment
+      declares them (raw layout; None: none declared).
+    reward_low, reward_high: a dm_env reward spec's bounds (gymnasium declares none).
   """
 
   observation_shape: Tuple[int, ...]
@@ -136,6 +139,10 @@ class Conversion(NamedTuple):
   transpose: bool
   action_offset: int
   env_action_dtype: np.dtype
+  observation_low: Any = None
+  observation_high: Any = None
+  reward_low: float = -float("inf")
+  reward_high: float = float("inf")
 
   @property
   def action_dim(self) -> Optional[int]:
@@ -165,7 +172,8 @@ def _channel_first(env: Any) -> bool:
 
 
 def _conversion(env, raw_shape, dtype, space, *, num_actions=None, low=None, high=None,
-                action_offset=0, env_action_dtype=None) -> Conversion:
+                action_offset=0, env_action_dtype=None, declared=None) -> Conversion:
+  """`declared`: (observation low, observation high, reward low, reward high), or None."""
   raw_shape = tuple(int(s) for s in raw_shape)
   transpose = len(raw_shape) == 3 and not _channel_first(env)
   shape = (raw_shape[2], raw_shape[0], raw_shape[1]) if transpose else raw_shape
@@ -174,10 +182,11 @@ def _conversion(env, raw_shape, dtype, space, *, num_actions=None, low=None, hig
     low, high = np.array(low, np.float32), np.array(high, np.float32)
     low.setflags(write=False)
     high.setflags(write=False)
+  declared = declared or (None, None, -float("inf"), float("inf"))
   return Conversion(shape, _observation_dtype(dtype, space), discrete,
                     int(num_actions) if discrete else None, None if discrete else low,
                     None if discrete else high, raw_shape, transpose, int(action_offset),
-                    np.dtype(env_action_dtype))
+                    np.dtype(env_action_dtype), *declared)
 
 
 def _gymnasium_conversion(env: gymnasium.Env) -> Conversion:
@@ -190,13 +199,14 @@ def _gymnasium_conversion(env: gymnasium.Env) -> Conversion:
                      f"({type(observation_space).__name__}); accepted: "
                      f"{ACCEPTED_OBSERVATIONS}.{hint}")
   args = (env, observation_space.shape, observation_space.dtype, observation_space)
+  declared = (observation_space.low, observation_space.high, -float("inf"), float("inf"))
   if isinstance(action_space, spaces.Discrete):
     return _conversion(*args, num_actions=action_space.n, action_offset=action_space.start,
-                       env_action_dtype=np.int64)
+                       env_action_dtype=np.int64, declared=declared)
   if (isinstance(action_space, spaces.Box) and len(action_space.shape) == 1 and
       np.issubdtype(action_space.dtype, np.floating)):
     return _conversion(*args, low=action_space.low, high=action_space.high,
-                       env_action_dtype=action_space.dtype)
+                       env_action_dtype=action_space.dtype, declared=declared)
   raise ValueError(f"Unsupported action space {action_space} ({type(action_space).__name__}); "
                    f"accepted: {ACCEPTED_ACTIONS}.")
 
@@ -208,16 +218,17 @@ def _dm_env_conversion(env: dm_env.Environment) -> Conversion:
                      f"({type(observation_spec).__name__}); accepted: "
                      f"{ACCEPTED_OBSERVATIONS}. Return one array (concatenate the parts).")
   args = (env, observation_spec.shape, observation_spec.dtype, observation_spec)
+  declared = _dm_env_declared(env, observation_spec)
   if isinstance(action_spec, dm_specs.DiscreteArray):
     return _conversion(*args, num_actions=action_spec.num_values,
-                       env_action_dtype=action_spec.dtype)
+                       env_action_dtype=action_spec.dtype, declared=declared)
   if isinstance(action_spec, dm_specs.Array):
     dtype = np.dtype(action_spec.dtype)
     if (isinstance(action_spec, dm_specs.BoundedArray) and action_spec.shape == () and
         np.issubdtype(dtype, np.integer)):
       low, high = int(action_spec.minimum), int(action_spec.maximum)
       return _conversion(*args, num_actions=high - low + 1, action_offset=low,
-                         env_action_dtype=dtype)
+                         env_action_dtype=dtype, declared=declared)
     if len(action_spec.shape) == 1 and np.issubdtype(dtype, np.floating):
       size = action_spec.shape[0]
       if isinstance(action_spec, dm_specs.BoundedArray):
@@ -225,9 +236,22 @@ def _dm_env_conversion(env: dm_env.Environment) -> Conversion:
         high = np.broadcast_to(action_spec.maximum, (size,))
       else:
         low, high = np.full((size,), -np.inf), np.full((size,), np.inf)
-      return _conversion(*args, low=low, high=high, env_action_dtype=dtype)
+      return _conversion(*args, low=low, high=high, env_action_dtype=dtype, declared=declared)
   raise ValueError(f"Unsupported action spec {action_spec!r} ({type(action_spec).__name__}); "
                    f"accepted: {ACCEPTED_ACTIONS}.")
+
+
+def _dm_env_declared(env: dm_env.Environment, observation_spec: Any) -> tuple:
+  """(observation low, high, reward low, high) from a dm_env's bounded specs."""
+  low = high = None
+  if isinstance(observation_spec, dm_specs.BoundedArray):
+    low = np.broadcast_to(observation_spec.minimum, observation_spec.shape)
+    high = np.broadcast_to(observation_spec.maximum, observation_spec.shape)
+  reward_spec = env.reward_spec()
+  reward_low, reward_high = -float("inf"), float("inf")
+  if isinstance(reward_spec, dm_specs.BoundedArray) and reward_spec.shape == ():
+    reward_low, reward_high = float(reward_spec.minimum), float(reward_spec.maximum)
+  return low, high, reward_low, reward_high
 
 
 def conversion_of(env: Any) -> Conversion:
@@ -288,8 +312,11 @@ class Copy:
     terminated = truncated = False
     if timestep.last():
       # dm_env: discount 0 ends the episode for good; > 0 is a cut-off (a time limit).
-      discount = timestep.discount
-      terminated = discount is None or float(np.asarray(discount)) == 0.0
+      discount = None if timestep.discount is None else float(np.asarray(timestep.discount))
+      if discount is not None and not 0.0 <= discount <= 1.0:  # NaN fails too.
+        raise ValueError(f"{type(self.env).__name__} ended an episode with discount "
+                         f"{discount}; a discount must be a finite number in [0, 1].")
+      terminated = discount is None or discount == 0.0
       truncated = not terminated
     return self.observation(timestep.observation), reward, terminated, truncated
 

@@ -1,5 +1,7 @@
 """What the network and the actor need to know of an environment, and its action format."""
 
+import dataclasses
+import math
 from typing import Any, NamedTuple, Optional, Tuple, Union
 
 import envpool
@@ -7,6 +9,55 @@ import numpy as np
 
 from impala_jax.config import EnvConfig
 from impala_jax.envs import envpool_envs
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DeclaredRanges:
+  """What an environment declares about its values (`envs.value_checks` holds data to it).
+
+  Attributes:
+    observation_low, observation_high: float32 bounds that broadcast to one observation, from
+      its observation space (None: unbounded, or an integer dtype whose range is its bound).
+    reward_low, reward_high: the training reward's range: [-1, 1] for clipped Atari rewards,
+      a dm_env reward spec's bounds; else unbounded.
+    max_episode_steps: the time limit in agent steps (None: none known).
+  """
+
+  observation_low: Optional[np.ndarray] = None
+  observation_high: Optional[np.ndarray] = None
+  reward_low: float = -math.inf
+  reward_high: float = math.inf
+  max_episode_steps: Optional[int] = None
+
+  def __eq__(self, other: Any) -> bool:
+    if not isinstance(other, DeclaredRanges):
+      return NotImplemented
+    same = lambda a, b: (a is None and b is None) or (
+        a is not None and b is not None and np.array_equal(a, b))
+    return (same(self.observation_low, other.observation_low) and
+            same(self.observation_high, other.observation_high) and
+            (self.reward_low, self.reward_high, self.max_episode_steps) ==
+            (other.reward_low, other.reward_high, other.max_episode_steps))
+
+  def __hash__(self) -> int:
+    return hash((self.reward_low, self.reward_high, self.max_episode_steps))
+
+
+def observation_bounds(low: Any, high: Any, dtype: Any,
+                       transpose: bool = False) -> Tuple[Optional[np.ndarray],
+                                                         Optional[np.ndarray]]:
+  """An observation space's bounds as `DeclaredRanges` keeps them: float32, read-only, None
+  when unbounded or when the observations are integers (their dtype bounds them)."""
+  if low is None or high is None or not np.issubdtype(np.dtype(dtype), np.floating):
+    return None, None
+  low, high = np.array(low, np.float32), np.array(high, np.float32)
+  if transpose and low.ndim == 3:  # [H, W, C] → [C, H, W], as the observations are.
+    low, high = np.transpose(low, (2, 0, 1)), np.transpose(high, (2, 0, 1))
+  if np.all(np.isneginf(low)) and np.all(np.isposinf(high)):
+    return None, None
+  low.setflags(write=False)
+  high.setflags(write=False)
+  return low, high
 
 
 class EnvSpec(NamedTuple):
@@ -23,6 +74,7 @@ class EnvSpec(NamedTuple):
     action_high: `[action_dim]` upper bounds (float32, read-only); None when discrete.
     action_dtype: numpy dtype EnvPool expects for actions (int32, float32 or float64).
     is_atari: whether the task is an EnvPool Atari task (see `EpisodeTracker`).
+    ranges: what the environment declares about its values (`DeclaredRanges`).
   """
 
   observation_shape: Tuple[int, ...]
@@ -34,6 +86,7 @@ class EnvSpec(NamedTuple):
   action_high: Optional[np.ndarray]
   action_dtype: np.dtype
   is_atari: bool
+  ranges: DeclaredRanges = DeclaredRanges()
 
 
 def _read_only(array: Any) -> np.ndarray:
@@ -54,6 +107,8 @@ def _spec_from_envpool(pool_spec: Any) -> EnvSpec:
   # Discrete says int64, EnvPool stores int32).
   action_array_spec = getattr(pool_spec, "action_array_spec", {}).get("action")
   space_name = type(action_space).__name__
+  is_atari = type(pool_spec).__name__ == envpool_envs.ATARI_SPEC_CLASS
+  ranges = _envpool_ranges(pool_spec, observation_space, is_atari)
   if space_name == "Discrete":
     return EnvSpec(
         observation_shape=tuple(observation_space.shape),
@@ -64,7 +119,8 @@ def _spec_from_envpool(pool_spec: Any) -> EnvSpec:
         action_low=None,
         action_high=None,
         action_dtype=np.dtype(action_array_spec.dtype if action_array_spec else np.int32),
-        is_atari=type(pool_spec).__name__ == envpool_envs.ATARI_SPEC_CLASS,
+        is_atari=is_atari,
+        ranges=ranges,
     )
   if space_name == "Box" and len(action_space.shape) == 1:
     return EnvSpec(
@@ -78,8 +134,22 @@ def _spec_from_envpool(pool_spec: Any) -> EnvSpec:
         action_dtype=np.dtype(action_array_spec.dtype if action_array_spec
                               else action_space.dtype),
         is_atari=False,
+        ranges=ranges,
     )
   raise ValueError(f"Only Discrete and 1-D Box action spaces are supported, got {action_space}.")
+
+
+def _envpool_ranges(pool_spec: Any, observation_space: Any, is_atari: bool) -> DeclaredRanges:
+  config = getattr(pool_spec, "config", None)
+  low, high = observation_bounds(getattr(observation_space, "low", None),
+                                 getattr(observation_space, "high", None),
+                                 observation_space.dtype)
+  clipped = is_atari and bool(getattr(config, "reward_clip", False))
+  max_steps = getattr(config, "max_episode_steps", None)
+  return DeclaredRanges(observation_low=low, observation_high=high,
+                        reward_low=-1.0 if clipped else -math.inf,
+                        reward_high=1.0 if clipped else math.inf,
+                        max_episode_steps=int(max_steps) if max_steps else None)
 
 
 def env_spec(env_or_config: Union[EnvConfig, Any]) -> EnvSpec:
@@ -100,7 +170,8 @@ def env_spec(env_or_config: Union[EnvConfig, Any]) -> EnvSpec:
     return env_or_config.spec
   if isinstance(env_or_config, EnvConfig) and envpool_envs.custom_id(env_or_config.env_id):
     from impala_jax.envs import custom  # pylint: disable=g-import-not-at-top
-    return custom.spec_of(env_or_config.env_id, env_or_config.seed)
+    spec = custom.spec_of(env_or_config.env_id, env_or_config.seed)
+    return custom.with_time_limit(spec, env_or_config.max_episode_steps)
   if isinstance(env_or_config, EnvConfig):
     pool_spec = envpool.make_spec(env_or_config.env_id,
                                   **envpool_envs.envpool_kwargs(env_or_config))

@@ -260,8 +260,11 @@ def test_corridor_returns_of_the_best_and_a_cut_off_path():
 def test_make_env_env_spec_and_is_atari_dispatch_on_the_colon():
   config = EnvConfig(CORRIDOR, num_envs=3, seed=2)
   spec = envs.env_spec(config)
+  # Its Box(0, 1) observations are what it declares (envs.value_checks holds it to them).
+  declared = envs.DeclaredRanges(np.zeros(examples.LENGTH, np.float32),
+                                 np.ones(examples.LENGTH, np.float32))
   assert spec == envs.EnvSpec((examples.LENGTH,), np.dtype(np.float32), True, 2, None, None,
-                              None, np.dtype(np.int32), False)
+                              None, np.dtype(np.int32), False, declared)
   assert not envs.is_atari(CORRIDOR)
   env = envs.make_env(config)
   try:
