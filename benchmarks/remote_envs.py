@@ -163,7 +163,9 @@ def _learner_args(layout: str, logdir: str, token_file: str) -> Tuple[List[str],
   if layout in store_layouts.LAYOUTS:
     args += ["--num_actor_threads=0"]
   elif layout in _ENV_HOSTS:
-    args += ["--listen=127.0.0.1:0", f"--token_file={token_file}", "--num_actor_threads=0"]
+    # One host may bring all of the layout's environments (the default is a fair share).
+    args += ["--listen=127.0.0.1:0", f"--token_file={token_file}", "--num_actor_threads=0",
+             f"--remote_max_envs_per_host={f.total_envs}"]
   else:
     args += ["--num_actor_threads=2", f"--num_envs={f.total_envs // 2}"]
   return args, shared_flags

@@ -26,6 +26,7 @@ def define_flags(defaults: Dict[str, Any]) -> None:
   _define_optimizer_flags(defaults)
   _define_run_flags(defaults)
   _define_remote_flags()
+  _define_value_flags()
   _define_store_flags()
   _define_multihost_flags()
 
@@ -127,15 +128,28 @@ def _define_remote_flags() -> None:
   flags.DEFINE_string("token_file", None, "File with the env hosts' shared secret (default: "
                       "$IMPALA_JAX_TOKEN). Never pass the secret itself on a command line.")
   flags.DEFINE_integer("remote_max_envs", 256, "Environments reserved for all remote hosts.")
-  flags.DEFINE_integer("remote_max_envs_per_host", 256, "The most environments one host may "
-                       "bring.")
-  flags.DEFINE_integer("max_hosts", 16, "Concurrent env host streams.")
+  flags.DEFINE_integer("remote_max_envs_per_host", 0, "The most environments one host may "
+                       "bring; 0: a fair share, remote_max_envs // max_hosts.")
+  flags.DEFINE_integer("max_hosts", 8, "Concurrent env hosts.")
   flags.DEFINE_float("host_lease_seconds", 30.0, "A host silent for this long is evicted (it "
                      "may reconnect, and starts clean).")
+  flags.DEFINE_float("hello_timeout_seconds", 10.0, "A host's stream that has not said HELLO "
+                     "this long after opening is closed.")
   flags.DEFINE_string("tls_cert_file", None, "Serve TLS: certificate chain (PEM).")
   flags.DEFINE_string("tls_key_file", None, "Serve TLS: private key (PEM).")
+  flags.DEFINE_bool("insecure_listen", False, "Serve a non-loopback --listen address without "
+                    "TLS: the token and all data cross the network in the clear.")
   flags.DEFINE_float("max_batch_wait_minutes", 10.0, "Stop with an error when no unroll "
                      "arrives for this long (all actors and hosts gone).")
+
+
+def _define_value_flags() -> None:
+  flags.DEFINE_float("max_abs_reward", 1e6, "The largest reward (per step) accepted from env "
+                     "hosts and actor hosts; larger ones reject their message.")
+  flags.DEFINE_float("max_abs_value", 1e6, "The largest float observation, continuous action "
+                     "or recurrent state magnitude accepted from env hosts and actor hosts.")
+  flags.DEFINE_integer("violations_to_evict", 3, "A host whose messages break the value "
+                       "checks this many times is evicted.")
 
 
 def _define_store_flags() -> None:
@@ -206,9 +220,10 @@ def remote_config_from_flags() -> Optional[config_lib.RemoteEnvConfig]:
     return None
   return config_lib.RemoteEnvConfig(
       listen=f.listen, token_file=f.token_file, max_envs=f.remote_max_envs,
-      max_envs_per_host=f.remote_max_envs_per_host, max_hosts=f.max_hosts,
-      lease_seconds=f.host_lease_seconds, tls_cert_file=f.tls_cert_file,
-      tls_key_file=f.tls_key_file)
+      max_envs_per_host=f.remote_max_envs_per_host or None, max_hosts=f.max_hosts,
+      lease_seconds=f.host_lease_seconds, hello_timeout_seconds=f.hello_timeout_seconds,
+      tls_cert_file=f.tls_cert_file, tls_key_file=f.tls_key_file,
+      insecure_listen=f.insecure_listen)
 
 
 def env_config_from_flags() -> config_lib.EnvConfig:
@@ -257,7 +272,11 @@ def config_from_flags() -> config_lib.TrainConfig:
       checkpoint_interval_minutes=f.checkpoint_interval_minutes,
       log_interval_seconds=f.log_interval_seconds, remote_envs=remote_config_from_flags(),
       max_batch_wait_minutes=f.max_batch_wait_minutes,
-      trajectory_store=store_config_from_flags(), multihost=multihost_config_from_flags())
+      trajectory_store=store_config_from_flags(),
+      value_limits=config_lib.ValueLimits(
+          max_abs_reward=f.max_abs_reward, max_abs_value=f.max_abs_value,
+          violations_to_evict=f.violations_to_evict),
+      multihost=multihost_config_from_flags())
 
 
 class _QuietLibraries:

@@ -10,6 +10,7 @@ modules that dispatch on a name all read these tuples.
 """
 
 import dataclasses
+import ipaddress
 import math
 import os
 from typing import Optional, Tuple
@@ -35,6 +36,17 @@ PPO_RATIOS = ("behaviour", "proximal")
 def _require(condition: bool, message: str) -> None:
   if not condition:
     raise ValueError(message)
+
+
+def is_loopback(host: str) -> bool:
+  """Whether `host` (a name or an address, IPv6 in brackets or not) is this machine only."""
+  host = host.strip("[]")
+  if host == "localhost":
+    return True
+  try:
+    return ipaddress.ip_address(host).is_loopback
+  except ValueError:
+    return False  # A host name: it may resolve to any interface.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,38 +261,63 @@ class RemoteEnvConfig:
 
   Attributes:
     listen: HOST:PORT the gRPC server binds, e.g. "127.0.0.1:50051" (loopback unless told;
-      "0.0.0.0:50051" for other machines). Port 0 picks a free one.
+      "0.0.0.0:50051" for other machines, which needs TLS or `insecure_listen`). Port 0 picks
+      a free one.
     token_file: file holding the shared secret; None reads $IMPALA_JAX_TOKEN. Never the
       secret itself: configs are written to disk and command lines are visible to `ps`.
     max_envs: global environment ids reserved for remote hosts, over all of them.
-    max_envs_per_host: the most environments one host may bring.
-    max_hosts: concurrent host streams.
+    max_envs_per_host: the most environments one host may bring; None: a fair share,
+      max_envs // max_hosts, so that one host cannot take every slot.
+    max_hosts: concurrent hosts.
     lease_seconds: a host not heard from for this long is evicted (its partial unrolls are
       discarded); it may reconnect and starts clean.
+    hello_timeout_seconds: a stream that has not said HELLO this long after it opened is
+      closed (streams that never do would hold connections).
     tls_cert_file, tls_key_file: serve TLS with this certificate chain and key (PEM).
+    insecure_listen: serve a non-loopback address without TLS (the token and every message
+      in the clear): only on a network you trust.
   """
 
   listen: str = "127.0.0.1:50051"
   token_file: Optional[str] = None
   max_envs: int = 256
-  max_envs_per_host: int = 256
-  max_hosts: int = 16
+  max_envs_per_host: Optional[int] = None
+  max_hosts: int = 8
   lease_seconds: float = 30.0
+  hello_timeout_seconds: float = 10.0
   tls_cert_file: Optional[str] = None
   tls_key_file: Optional[str] = None
+  insecure_listen: bool = False
 
   def __post_init__(self):
     host, _, port = self.listen.rpartition(":")
     _require(bool(host) and port.isdigit() and int(port) < 65536,
              f"listen must be HOST:PORT, got {self.listen!r}.")
     _require(self.max_envs >= 1, f"max_envs must be >= 1, got {self.max_envs}.")
-    _require(1 <= self.max_envs_per_host <= self.max_envs,
-             f"max_envs_per_host must be in [1, max_envs={self.max_envs}], got "
-             f"{self.max_envs_per_host}.")
     _require(self.max_hosts >= 1, f"max_hosts must be >= 1, got {self.max_hosts}.")
+    _require(1 <= self.envs_per_host <= self.max_envs,
+             f"max_envs_per_host must be in [1, max_envs={self.max_envs}], got "
+             f"{self.envs_per_host}" + ("" if self.max_envs_per_host else
+                                        f" (max_envs // max_hosts={self.max_hosts})") + ".")
     _require(self.lease_seconds > 0, f"lease_seconds must be > 0, got {self.lease_seconds}.")
+    _require(self.hello_timeout_seconds > 0,
+             f"hello_timeout_seconds must be > 0, got {self.hello_timeout_seconds}.")
     _require(bool(self.tls_cert_file) == bool(self.tls_key_file),
              "TLS needs both tls_cert_file and tls_key_file.")
+    _require(self.tls or self.insecure_listen or is_loopback(host),
+             f"--listen={self.listen} is not a loopback address and has no TLS: the token and "
+             "every observation would cross the network in the clear. Serve TLS "
+             "(--tls_cert_file, --tls_key_file; hosts then pass --tls_ca_file), or pass "
+             "--insecure_listen on a network you trust.")
+
+  @property
+  def tls(self) -> bool:
+    return bool(self.tls_cert_file)
+
+  @property
+  def envs_per_host(self) -> int:
+    """The most environments one host may bring (`max_envs_per_host` or the fair share)."""
+    return self.max_envs_per_host or max(1, self.max_envs // self.max_hosts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -401,6 +438,7 @@ class TrainConfig:
       this long (every actor and host gone).
     trajectory_store: learn from a Redis store fed by actor hosts (`TrajectoryStoreConfig`)
       instead of local actors; then num_actor_threads must be 0.
+    value_limits: what is accepted from env hosts and actor hosts (`ValueLimits`).
     multihost: this process's place in a multi-process learner (`MultiHostConfig`), or None.
   """
 
@@ -425,6 +463,7 @@ class TrainConfig:
   remote_envs: Optional[RemoteEnvConfig] = None
   max_batch_wait_minutes: float = 10.0
   trajectory_store: Optional[TrajectoryStoreConfig] = None
+  value_limits: ValueLimits = ValueLimits()
   multihost: Optional[MultiHostConfig] = None
 
   def __post_init__(self):

@@ -22,6 +22,9 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
+# The source of the episodes this process's own actors play (`EpisodeStats.source`).
+LOCAL_SOURCE = "local"
+
 # Recurrent state of the network core: a pytree of arrays with a leading batch dimension, or ()
 # for a feed-forward network.
 CoreState = Any
@@ -68,7 +71,15 @@ class HostBatch(NamedTuple):
 
 
 class EpisodeStats(NamedTuple):
-  """One finished episode, scored as the game scores it (unclipped, all lives)."""
+  """One finished episode, scored as the game scores it (unclipped, all lives).
+
+  Attributes:
+    episode_return: the real score.
+    episode_length: agent steps.
+    source: who played it: "local" (this process's actors), or a remote host's name
+      ("env host 1a2b3c4d", "actor host 1a2b3c4d"), so that scores are counted per host.
+  """
 
   episode_return: float
   episode_length: int
+  source: str = LOCAL_SOURCE

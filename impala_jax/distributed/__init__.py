@@ -2,10 +2,13 @@
 
     wire.py             header + raw buffers, checked against a schema (never pickle)
     auth.py             secrets from a file or the environment
+    learner_settings.py  the settings every host takes from its learner
     SEED-style environment hosts streaming to the central inference server (gRPC):
-      env_protocol.py   what env hosts and the inference server say (HELLO, STEP, ACTIONS)
-      env_server.py     the learner host's gRPC service feeding the inference server
-      host_sessions.py  per-host state on the learner host: slots, recorder, lease
+      env_protocol.py   what env hosts and the inference server say (HELLO, STEP, ACTIONS,
+                        GOODBYE)
+      env_server.py     the learner host's gRPC server: binding, TLS, the reaper
+      env_service.py    its handlers: settings, handshake, checked steps → inference
+      host_sessions.py  per-host state on the learner host: slots, recorder, lease, violations
       env_host.py       an environment host: EnvPool streaming to a learner
     Decoupled actor hosts and a Redis trajectory store:
       codecs.py         unrolls, parameters and episode scores as wire messages

@@ -1,15 +1,22 @@
 """An environment host: steps EnvPool here, gets actions from a learner's inference server.
 
-The host runs no network. It opens one gRPC stream to the learner (`env_protocol`), says HELLO
-with a random session id, and then, with an asynchronous EnvPool split in two halves, keeps
+The host runs no network. It asks the learner for its environment settings
+(`learner_settings`: the task, frame size, time limit, ...), builds its environments from
+them with its own count, threads and seed, opens one gRPC stream to the learner
+(`env_protocol`), says HELLO, and then, with an asynchronous EnvPool split in two halves, keeps
 two STEPs in flight: while one half's observations travel and are batched into the learner's
 policy call, the other half steps. Every reply is checked against its schema and against the
 step it answers.
 
-Faults: a lost connection, or a reply that does not come within `reply_timeout_seconds`, ends
-the stream; the host then reconnects with exponential backoff as a new session, with fresh
-environments (the learner has dropped the old session's partial unrolls). A rejection that
-retrying cannot fix (wrong token, a different environment) stops the host with that message.
+How it ends:
+  * the run ended (its budget or target score reached): the learner says GOODBYE and the host
+    stops cleanly (`run_ended`; the script exits 0);
+  * a lost connection, or a reply that does not come within `reply_timeout_seconds`, ends the
+    stream; the host reconnects with exponential backoff as a new session, with fresh
+    environments (the learner has dropped the old session's partial unrolls), for up to
+    `learner_timeout_seconds` without hearing from the learner, then fails saying so;
+  * a rejection that retrying cannot fix (wrong token, a different environment, an explicit
+    setting that differs from the learner's, eviction) stops the host with that message.
 """
 
 import collections
@@ -18,7 +25,7 @@ import os
 import queue
 import threading
 import time
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 from absl import logging
 import grpc
@@ -28,42 +35,60 @@ from impala_jax import config as config_lib
 from impala_jax import envs
 from impala_jax.distributed import env_protocol
 from impala_jax.distributed import env_server
+from impala_jax.distributed import learner_settings
 from impala_jax.distributed import wire
 from impala_jax.runtime import worker
 
 _POLL_SECONDS = 0.1
 _ROUND_TRIPS_KEPT = 10_000
 _MAX_BACKOFF_SECONDS = 30.0
-# Rejections that a reconnect would only repeat.
-_PERMANENT = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
-              grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT,
-              grpc.StatusCode.UNIMPLEMENTED)
+# The largest reply accepted: ACTIONS for a host's environments, or the learner's settings.
+_MAX_REPLY_BYTES = 1 << 20
 
 
 class _ConnectionLost(Exception):
   """The stream ended or stalled; the host reconnects."""
 
 
+class _RunEnded(Exception):
+  """The learner said GOODBYE: its run is over."""
+
+
 class EnvHost(worker.Worker):
   """Owns the EnvPool and the stream to the learner; `start()`, `close()`; reconnects."""
 
   def __init__(self, env_config: config_lib.EnvConfig, learner_address: str, token: str, *,
+               explicit: Optional[Mapping[str, Any]] = None,
                tls_ca_file: Optional[str] = None, reply_timeout_seconds: float = 30.0,
-               connect_timeout_seconds: float = 30.0):
+               connect_timeout_seconds: float = 30.0,
+               learner_timeout_seconds: float = 600.0):
+    """Args:
+      env_config: this host's environments: its `num_envs`, `num_threads` and `seed` are
+        used; every other setting comes from the learner.
+      learner_address: the learner's `--listen` address, HOST:PORT.
+      token: the shared secret.
+      explicit: settings (`learner_settings` names) this host was given explicitly; one that
+        differs from the learner's stops the host with a message naming it.
+      tls_ca_file: use TLS, trusting this CA certificate (PEM).
+      reply_timeout_seconds: reconnect when a reply takes longer.
+      connect_timeout_seconds: give up one connection attempt after this long.
+      learner_timeout_seconds: fail after this long without an answer from the learner.
+    """
     super().__init__(name="env-host", description="The env host")
     if env_config.num_envs >= 2:  # Two halves: one steps while the other's reply travels.
       env_config = dataclasses.replace(env_config, batch_size=env_config.num_envs // 2)
-    self._env_config = env_config
+    self._base_config = env_config
+    self._explicit = dict(explicit or {})
     self._address = learner_address
     self._token = token
     self._tls_ca_file = tls_ca_file
     self._reply_timeout = reply_timeout_seconds
     self._connect_timeout = connect_timeout_seconds
-    self._spec = envs.env_spec(env_config)
-    self._is_atari = envs.is_atari(env_config.env_id)
-    self._step_schema = env_protocol.step_schema(self._spec)
-    self._actions_schema = env_protocol.actions_schema(self._spec)
-    self._max_bytes = wire.max_message_bytes(self._step_schema, env_config.num_envs) + 4096
+    self._learner_timeout = learner_timeout_seconds
+    # The same for this host's life, so the learner counts its violations across reconnects.
+    self.host_id = os.urandom(env_protocol.SESSION_ID_BYTES)
+    self._last_contact = time.monotonic()
+    self.run_ended = False
     self.env_steps = 0
     self.connections = 0
     # Wire statistics: bytes each way, and each STEP's round trip (sent → ACTIONS back, which
@@ -78,31 +103,58 @@ class EnvHost(worker.Worker):
       started = time.monotonic()
       try:
         self._connection()
+      except _RunEnded:
+        self.run_ended = True
+        logging.info("The learner's run has ended; stopping.")
+        return
       except grpc.RpcError as e:
-        if e.code() in _PERMANENT:
+        if e.code() in env_protocol.PERMANENT:
           raise RuntimeError(f"The learner at {self._address} rejected this host: "
                              f"{e.code().name}: {e.details()}") from e
         logging.warning("Lost the learner at %s (%s: %s).", self._address, e.code().name,
                         e.details())
       except (_ConnectionLost, wire.WireError) as e:
         logging.warning("Lost the learner at %s: %s", self._address, e)
+      silent = time.monotonic() - self._last_contact
+      if silent > self._learner_timeout:
+        raise RuntimeError(f"No answer from the learner at {self._address} for {silent:.0f} s "
+                           f"(--learner_timeout_seconds={self._learner_timeout:.0f}); giving "
+                           "up.")
       if time.monotonic() - started > 2 * _MAX_BACKOFF_SECONDS:
         backoff = 1.0  # The connection worked for a while: start backing off afresh.
       if not self._stop.is_set():
         logging.info("Reconnecting in %.0f s.", backoff)
-        self._stop.wait(backoff)
+        self._stop.wait(min(backoff, max(0.0, self._learner_timeout - silent) + 0.1))
         backoff = min(2 * backoff, _MAX_BACKOFF_SECONDS)
 
   def _channel(self) -> grpc.Channel:
-    options = env_server.grpc_options(self._max_bytes)
+    # Sends are this host's own STEPs; replies are capped (ACTIONS, settings).
+    options = env_server.grpc_options(_MAX_REPLY_BYTES, send_bytes=-1)
     if self._tls_ca_file:
       with open(self._tls_ca_file, "rb") as f:
         credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
       return grpc.secure_channel(self._address, credentials, options=options)
     return grpc.insecure_channel(self._address, options=options)
 
+  def _metadata(self):
+    return [(env_protocol.TOKEN_METADATA_KEY, self._token)]
+
+  def _settings(self, channel: grpc.Channel) -> config_lib.EnvConfig:
+    """This host's environments with the learner's settings; raises _RunEnded after GOODBYE."""
+    reply = channel.unary_unary(env_protocol.SETTINGS_METHOD)(
+        b"", metadata=self._metadata(), timeout=self._reply_timeout)
+    self.heard_from_learner()
+    if wire.peek(reply)[0] == env_protocol.GOODBYE:
+      raise _RunEnded()
+    settings = learner_settings.decode(reply)
+    try:
+      return learner_settings.env_config(settings, self._base_config, self._explicit)
+    except ValueError as e:
+      raise RuntimeError(f"Refusing to join the learner at {self._address}: {e}") from None
+
   def _connection(self) -> None:
-    """One session: fresh environments, HELLO, then steps until stopped or the stream ends."""
+    """One session: the learner's settings, fresh environments, HELLO, then steps until
+    stopped, the stream ends or the run does."""
     requests: "queue.Queue[Optional[bytes]]" = queue.Queue()
     replies: "queue.Queue" = queue.Queue()
     channel = self._channel()
@@ -111,20 +163,23 @@ class EnvHost(worker.Worker):
     reader = None
     try:
       grpc.channel_ready_future(channel).result(timeout=self._connect_timeout)
-      call = channel.stream_stream(env_protocol.METHOD)(
-          _drain(requests, self._stop), metadata=[(env_protocol.TOKEN_METADATA_KEY,
-                                                   self._token)])
+      env_config = self._settings(channel)
+      spec = envs.env_spec(env_config)
+      env = envs.make_env(env_config)
+      call = channel.stream_stream(env_protocol.METHOD)(_drain(requests, self._stop),
+                                                        metadata=self._metadata())
       reader = threading.Thread(target=_read, args=(call, replies), name="env-host-reader",
                                 daemon=True)
       reader.start()
-      env = envs.make_env(self._env_config)
       self.connections += 1
       session_id = os.urandom(env_protocol.SESSION_ID_BYTES)
-      requests.put(env_protocol.encode_hello(session_id, self._env_config.env_id,
-                                             self._env_config.num_envs, self._spec))
-      logging.info("Connected to %s as session %s (%d envs).", self._address,
-                   session_id.hex()[:8], self._env_config.num_envs)
-      self._steps(env, requests, replies)
+      requests.put(env_protocol.encode_hello(session_id, self.host_id, env_config.env_id,
+                                             env_config.num_envs, spec))
+      logging.info("Connected to %s as host %s, session %s (%s, %d envs).", self._address,
+                   self.host_id.hex()[:8], session_id.hex()[:8], env_config.env_id,
+                   env_config.num_envs)
+      _Session(self, env, env_config, spec, requests, replies).steps(
+          self._stop, self._reply_timeout)
     except grpc.FutureTimeoutError as e:
       raise _ConnectionLost(f"no learner answers at {self._address}") from e
     finally:
@@ -137,36 +192,8 @@ class EnvHost(worker.Worker):
         env.close()
       channel.close()
 
-  def _steps(self, env, requests: "queue.Queue", replies: "queue.Queue") -> None:
-    env.async_reset()
-    # (sequence, env ids, time sent) awaiting ACTIONS, oldest first.
-    in_flight = collections.deque()
-    sequence = 0
-    halves = 2 if self._env_config.num_envs >= 2 else 1
-    for _ in range(halves):
-      sequence += 1
-      in_flight.append((sequence, self._send_step(env, requests, sequence), time.monotonic()))
-    while not self._stop.is_set():
-      reply = self._next_reply(replies)
-      expected_sequence, ids, sent_at = in_flight.popleft()
-      self.round_trips.append(time.monotonic() - sent_at)
-      self.bytes_received += len(reply)
-      actions = self._check_actions(reply, expected_sequence, ids)
-      env.send(envs.to_env_action(actions, self._spec), ids)
-      sequence += 1
-      in_flight.append((sequence, self._send_step(env, requests, sequence), time.monotonic()))
-
-  def _send_step(self, env, requests: "queue.Queue", sequence: int) -> np.ndarray:
-    observation, reward, terminated, truncated, info = env.recv()
-    ids = np.asarray(info["env_id"], np.int32)
-    message = wire.encode(
-        env_protocol.STEP, sequence, self._step_schema,
-        env_protocol.step_arrays(ids, observation, reward, terminated, truncated, info,
-                                 self._is_atari))
-    requests.put(message)
-    self.bytes_sent += len(message)
-    self.env_steps += len(ids)
-    return ids
+  def heard_from_learner(self) -> None:
+    self._last_contact = time.monotonic()
 
   def stats(self) -> dict:
     """Steps, bytes per agent step each way, and round-trip times (recent 10k STEPs)."""
@@ -180,21 +207,76 @@ class EnvHost(worker.Worker):
                 round_trip_ms_p50=float(np.percentile(trips, 50)) if len(trips) else None,
                 round_trip_ms_p95=float(np.percentile(trips, 95)) if len(trips) else None)
 
-  def _next_reply(self, replies: "queue.Queue") -> bytes:
-    deadline = time.monotonic() + self._reply_timeout
+
+class _Session:
+  """One connection's steps: two STEPs in flight, each answered by ACTIONS (or GOODBYE).
+
+  `host` gets the counters (`env_steps`, `bytes_*`, `round_trips`) and `heard_from_learner`.
+  """
+
+  def __init__(self, host: EnvHost, env, env_config: config_lib.EnvConfig,
+               spec: envs.EnvSpec, requests: "queue.Queue", replies: "queue.Queue"):
+    self._host = host
+    self._env = env
+    self._env_config = env_config
+    self._spec = spec
+    self._requests = requests
+    self._replies = replies
+    self._is_atari = envs.is_atari(env_config.env_id)
+    self._step_schema = env_protocol.step_schema(spec)
+    self._actions_schema = env_protocol.actions_schema(spec)
+
+  def steps(self, stop: threading.Event, reply_timeout: float) -> None:
+    """Steps until `stop` is set; raises when a reply is late, malformed, or says GOODBYE."""
+    host, env = self._host, self._env
+    env.async_reset()
+    # (sequence, env ids, time sent) awaiting ACTIONS, oldest first.
+    in_flight = collections.deque()
+    sequence = 0
+    halves = 2 if self._env_config.num_envs >= 2 else 1
+    for _ in range(halves):
+      sequence += 1
+      in_flight.append((sequence, self._send_step(sequence), time.monotonic()))
+    while not stop.is_set():
+      reply = self._next_reply(stop, reply_timeout)
+      expected_sequence, ids, sent_at = in_flight.popleft()
+      host.round_trips.append(time.monotonic() - sent_at)
+      host.bytes_received += len(reply)
+      actions = self._check_actions(reply, expected_sequence, ids)
+      env.send(envs.to_env_action(actions, self._spec), ids)
+      sequence += 1
+      in_flight.append((sequence, self._send_step(sequence), time.monotonic()))
+
+  def _send_step(self, sequence: int) -> np.ndarray:
+    observation, reward, terminated, truncated, info = self._env.recv()
+    ids = np.asarray(info["env_id"], np.int32)
+    message = wire.encode(
+        env_protocol.STEP, sequence, self._step_schema,
+        env_protocol.step_arrays(ids, observation, reward, terminated, truncated, info,
+                                 self._is_atari))
+    self._requests.put(message)
+    self._host.bytes_sent += len(message)
+    self._host.env_steps += len(ids)
+    return ids
+
+  def _next_reply(self, stop: threading.Event, reply_timeout: float) -> bytes:
+    deadline = time.monotonic() + reply_timeout
     while time.monotonic() < deadline:
-      if self._stop.is_set():
+      if stop.is_set():
         raise _ConnectionLost("stopping")  # Ends the connection; _run sees the stop.
       try:
-        item = replies.get(timeout=_POLL_SECONDS)
+        item = self._replies.get(timeout=_POLL_SECONDS)
       except queue.Empty:
         continue
       if isinstance(item, BaseException):
         raise item
+      self._host.heard_from_learner()
       return item
-    raise _ConnectionLost(f"no reply within {self._reply_timeout:.0f} s")
+    raise _ConnectionLost(f"no reply within {reply_timeout:.0f} s")
 
   def _check_actions(self, reply: bytes, sequence: int, ids: np.ndarray) -> np.ndarray:
+    if wire.peek(reply)[0] == env_protocol.GOODBYE:
+      raise _RunEnded()
     message = wire.decode(reply, self._actions_schema, self._env_config.num_envs)
     if message.kind != env_protocol.ACTIONS or message.sequence != sequence:
       raise wire.WireError(f"Expected ACTIONS for step {sequence}, got kind {message.kind} "

@@ -1,28 +1,45 @@
 """What a remote environment host and the inference server say to each other (`wire` format).
 
-One gRPC bidirectional stream per host. The host speaks first:
+First one unary call, `Settings`: the host asks for the learner's environment settings
+(`learner_settings`) and builds its environments from them. Then one bidirectional stream per
+host, where the host speaks first:
 
-  HELLO    host → server, sequence 0: who it is and what it runs (checked against the
-           learner's own environment before any step is accepted)
+  HELLO    host → server, sequence 0: who it is (a session id, new for every connection, and
+           a host id, the same for the host's life) and what it runs (checked against the
+           learner's own environment before any step is accepted); it must come within the
+           server's HELLO deadline
   STEP     host → server, sequence 1, 2, ...: EnvPool's results for some of its environments
   ACTIONS  server → host, the same sequence: the actions for exactly those environments
+  GOODBYE  server → host, instead of ACTIONS: the run has ended (its budget or target score
+           reached); the stream then ends and the host exits
 
 The host keeps up to two STEPs in flight (two halves of an asynchronous EnvPool), so one
 batch steps while the other's round trip is under way. Rejections are gRPC status codes with
-a message that names the problem (the server logs the same line).
+a message that names the problem (the server logs the same line). What each code means to
+the host: `REJECTED_RETRY` (values outside the task's ranges: reconnect with fresh
+environments), `PERMANENT` (retrying cannot help: the host stops).
 """
 
 from typing import NamedTuple, Tuple
 
+import grpc
 import numpy as np
 
 from impala_jax import envs
 from impala_jax.distributed import wire
 
-HELLO, STEP, ACTIONS = 1, 2, 3
+HELLO, STEP, ACTIONS, GOODBYE = 1, 2, 3, 4
 
 SERVICE = "impala_jax.EnvHost"
 METHOD = f"/{SERVICE}/Stream"
+SETTINGS_METHOD = f"/{SERVICE}/Settings"
+# A STEP whose values break the task's ranges: rejected, the session ends, the host may come
+# back with fresh environments (until it is evicted for repeating it).
+REJECTED_RETRY = grpc.StatusCode.DATA_LOSS
+# Rejections that a reconnect would only repeat: the host stops with the server's message.
+PERMANENT = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
+             grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT,
+             grpc.StatusCode.UNIMPLEMENTED)
 # gRPC metadata key of the shared secret (lower case, as HTTP/2 requires).
 TOKEN_METADATA_KEY = "impala-jax-token"
 
@@ -32,6 +49,7 @@ _MAX_RANK = 8
 
 HELLO_SCHEMA = (
     wire.ArraySpec("session_id", np.uint8, (SESSION_ID_BYTES,)),
+    wire.ArraySpec("host_id", np.uint8, (SESSION_ID_BYTES,)),
     wire.ArraySpec("env_name", np.uint8, (_NAME_BYTES,)),
     wire.ArraySpec("num_envs", np.int32, (1,)),
     # observation rank, then its dims, zero-padded to _MAX_RANK.
@@ -43,6 +61,7 @@ HELLO_SCHEMA = (
 
 class Hello(NamedTuple):
   session_id: bytes
+  host_id: bytes
   env_name: str
   num_envs: int
   observation_shape: Tuple[int, ...]
@@ -51,11 +70,13 @@ class Hello(NamedTuple):
   action_dim: int  # 0 for discrete actions
 
 
-def encode_hello(session_id: bytes, env_name: str, num_envs: int, spec: envs.EnvSpec) -> bytes:
+def encode_hello(session_id: bytes, host_id: bytes, env_name: str, num_envs: int,
+                 spec: envs.EnvSpec) -> bytes:
   name = env_name.encode("utf-8")[:_NAME_BYTES]
   shape = list(spec.observation_shape)
   return wire.encode(HELLO, 0, HELLO_SCHEMA, dict(
       session_id=np.frombuffer(session_id, np.uint8),
+      host_id=np.frombuffer(host_id, np.uint8),
       env_name=np.frombuffer(name.ljust(_NAME_BYTES, b"\0"), np.uint8),
       num_envs=[num_envs],
       observation_shape=[len(shape)] + shape + [0] * (_MAX_RANK - len(shape)),
@@ -73,12 +94,16 @@ def decode_hello(payload: bytes) -> Hello:
   code, num_actions, action_dim = (int(x) for x in a["spec_codes"])
   if not 0 < rank <= _MAX_RANK or not 0 <= code < len(wire.DTYPES):
     raise wire.WireError(f"HELLO declares observation rank {rank} and dtype code {code}.")
-  return Hello(session_id=a["session_id"].tobytes(),
+  return Hello(session_id=a["session_id"].tobytes(), host_id=a["host_id"].tobytes(),
                env_name=a["env_name"].tobytes().rstrip(b"\0").decode("utf-8", "replace"),
                num_envs=int(a["num_envs"][0]),
                observation_shape=tuple(int(d) for d in a["observation_shape"][1:1 + rank]),
                observation_dtype=wire.DTYPES[code], num_actions=num_actions,
                action_dim=action_dim)
+
+
+def encode_goodbye(sequence: int) -> bytes:
+  return wire.encode(GOODBYE, sequence, (), {})
 
 
 def _wire_dtype(spec: envs.EnvSpec) -> np.dtype:

@@ -5,10 +5,15 @@ indexed by environment. Here a remote host's environments get a contiguous range
 environment ids at the inference server (a `SlotAllocator` slot range, so its recurrent state
 table rows) and a `HostSession` holds the rest: the `StepRecorder` with its partial unrolls and
 episode scores, the expected sequence number, and when the host was last heard from. A session
-that ends (stream closed, host evicted after its lease, reconnect) frees its slots and drops its
-partial unrolls: a host that comes back starts clean, as its environments do.
+that ends (stream closed, host evicted after its lease, a rejected message) frees its slots and
+drops its partial unrolls: a host that comes back starts clean, as its environments do.
+
+The `SessionTable` also keeps what outlives a session: each host's value violations (by its
+host id, the same across its reconnects) and the hosts evicted for them, and the streams that
+have not said HELLO yet (each must within a deadline; a few at a time per address).
 """
 
+import collections
 import threading
 import time
 from typing import Any, Dict, List, NamedTuple, Optional
@@ -16,6 +21,12 @@ from typing import Any, Dict, List, NamedTuple, Optional
 from impala_jax import envs
 from impala_jax.acting import recorder as recorder_lib
 from impala_jax.distributed import env_protocol
+
+# Hosts whose violations are remembered; the oldest are forgotten beyond it (host ids are the
+# hosts' own word, so a table keyed by them must be bounded).
+_MAX_HOSTS_REMEMBERED = 4096
+# Streams from one address that may be waiting for their HELLO at once.
+MAX_PENDING_PER_ADDRESS = 4
 
 
 class SlotAllocator:
@@ -68,11 +79,26 @@ class HostSession:
     self.env_steps = 0
 
   @property
+  def source(self) -> str:
+    """The host, as its episodes are attributed (`types.EpisodeStats.source`)."""
+    return host_name(self.hello.host_id)
+
+  @property
   def name(self) -> str:
-    return f"host {self.hello.session_id.hex()[:8]} ({self.peer}, {self.hello.num_envs} envs)"
+    return (f"{self.source} (session {self.hello.session_id.hex()[:8]}, {self.peer}, "
+            f"{self.hello.num_envs} envs)")
 
   def touch(self) -> None:
     self.last_seen = time.monotonic()
+
+
+def host_name(host_id: bytes) -> str:
+  return f"env host {host_id.hex()[:8]}"
+
+
+def address_of(peer: str) -> str:
+  """A gRPC peer ("ipv4:10.0.0.5:41234") without its port: the connecting machine."""
+  return peer.rsplit(":", 1)[0]
 
 
 class SessionStats(NamedTuple):
@@ -80,35 +106,45 @@ class SessionStats(NamedTuple):
   remote_envs: int
   remote_env_steps: int
   rejected: int
+  value_violations: int
   evicted: int
 
 
 class SessionTable:
-  """The live sessions by session id, with counters for the run's metrics."""
+  """The live sessions by session id, the hosts' violations, the streams before HELLO, and
+  counters for the run's metrics (thread-safe)."""
 
-  def __init__(self):
+  def __init__(self, violations_to_evict: int = 3):
+    self._violations_to_evict = violations_to_evict
     self._sessions: Dict[bytes, HostSession] = {}
+    self._violations: "collections.OrderedDict[bytes, int]" = collections.OrderedDict()
+    self._pending: Dict[int, tuple] = {}  # id(context) → (context, address, since)
     self._lock = threading.Lock()
     self.rejected = 0
+    self.value_violations = 0
     self.evicted = 0
     self._finished_env_steps = 0
 
+  # -- live sessions ----------------------------------------------------------------------------
+
   def add(self, session: HostSession) -> Optional[HostSession]:
-    """Registers `session`; returns the session it replaces (same id: a reconnect), if any."""
+    """Registers `session`; returns the live session that holds its id already (then nothing
+    is registered: a session id cannot take over another connection's session)."""
     with self._lock:
-      previous = self._sessions.get(session.hello.session_id)
-      self._sessions[session.hello.session_id] = session
-      return previous
+      holder = self._sessions.get(session.hello.session_id)
+      if holder is None:
+        self._sessions[session.hello.session_id] = session
+      return holder
 
   def remove(self, session: HostSession) -> None:
     with self._lock:
       if self._sessions.get(session.hello.session_id) is session:
         del self._sessions[session.hello.session_id]
-      self._finished_env_steps += session.env_steps
+        self._finished_env_steps += session.env_steps
 
-  def count_rejection(self) -> None:
+  def sessions(self) -> List[HostSession]:
     with self._lock:
-      self.rejected += 1
+      return list(self._sessions.values())
 
   def expired(self, lease_seconds: float) -> List[HostSession]:
     """Sessions not heard from for longer than `lease_seconds` (counted as evicted)."""
@@ -122,9 +158,53 @@ class SessionTable:
     with self._lock:
       return len(self._sessions)
 
+  # -- violations -------------------------------------------------------------------------------
+
+  def count_rejection(self) -> None:
+    with self._lock:
+      self.rejected += 1
+
+  def count_violation(self, host_id: bytes) -> bool:
+    """Counts a value violation against `host_id`; True when that evicts it."""
+    with self._lock:
+      self.value_violations += 1
+      count = self._violations.pop(host_id, 0) + 1
+      self._violations[host_id] = count
+      while len(self._violations) > _MAX_HOSTS_REMEMBERED:
+        self._violations.popitem(last=False)
+      if count == self._violations_to_evict:
+        self.evicted += 1
+      return count >= self._violations_to_evict
+
+  def is_evicted(self, host_id: bytes) -> bool:
+    with self._lock:
+      return self._violations.get(host_id, 0) >= self._violations_to_evict
+
+  # -- streams before HELLO ---------------------------------------------------------------------
+
+  def add_pending(self, context: Any, peer: str) -> bool:
+    """Notes a stream waiting for its HELLO; False if its address has too many already."""
+    address = address_of(peer)
+    with self._lock:
+      waiting = sum(1 for _, a, _ in self._pending.values() if a == address)
+      if waiting >= MAX_PENDING_PER_ADDRESS:
+        return False
+      self._pending[id(context)] = (context, address, time.monotonic())
+      return True
+
+  def remove_pending(self, context: Any) -> None:
+    with self._lock:
+      self._pending.pop(id(context), None)
+
+  def pending_longer_than(self, seconds: float) -> List[Any]:
+    """The contexts of streams that have waited longer than `seconds` for their HELLO."""
+    now = time.monotonic()
+    with self._lock:
+      return [c for c, _, since in self._pending.values() if now - since > seconds]
+
   def stats(self) -> SessionStats:
     with self._lock:
       live = list(self._sessions.values())
       return SessionStats(len(live), sum(s.hello.num_envs for s in live),
                           self._finished_env_steps + sum(s.env_steps for s in live),
-                          self.rejected, self.evicted)
+                          self.rejected, self.value_violations, self.evicted)

@@ -61,6 +61,10 @@ class Policy(NamedTuple):
   logdir: str
 
 
+# Settings of how a run's data arrived, not of what it learned.
+_FEEDING_SECTIONS = ("remote_envs", "trajectory_store", "multihost")
+
+
 def _dataclass_of(field_type: Any) -> Optional[type]:
   """The dataclass in a field's type (`EnvConfig`, `Optional[RemoteEnvConfig]`), or None."""
   if dataclasses.is_dataclass(field_type):
@@ -96,9 +100,23 @@ def config_from_dict(values: Mapping[str, Any], where: str = "the config") -> \
     config_lib.TrainConfig:
   """The `TrainConfig` that `dataclasses.asdict` (config.json, checkpoint metadata) wrote.
 
+  How the run was fed (`remote_envs`, `trajectory_store`, `multihost`) does not change what it
+  learned: such a section that today's validation rejects (say, a non-loopback `listen` without
+  TLS, written before TLS was required there) is left out, with a warning.
+
   Raises:
     ValueError: a setting the config's validation rejects.
   """
+  values = dict(values)
+  for name in _FEEDING_SECTIONS:
+    section, nested = values.get(name), _dataclass_of(
+        typing.get_type_hints(config_lib.TrainConfig)[name])
+    if isinstance(section, Mapping):
+      try:
+        _from_dict(nested, section, where)
+      except ValueError as e:
+        logging.warning("Leaving out %s of %s, which is not valid today: %s", name, where, e)
+        values[name] = None
   return _from_dict(config_lib.TrainConfig, values, where)
 
 

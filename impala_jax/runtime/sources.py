@@ -7,8 +7,10 @@
           go to the store
 
 Either is an `Acting`: a batch source for the learner loop, a publisher, the gauges and phase
-counters for telemetry, and `start(stack)`, which starts its threads and registers their
-`close` on the run's ExitStack (so they are joined when the run ends, however it ends).
+counters for telemetry, `start(stack)`, which starts its threads and registers their `close`
+on the run's ExitStack (so they are joined when the run ends, however it ends), and
+`end_run()`, which tells remote hosts that the run is over (only when it ended normally: a
+stopped run may be resumed, and its hosts wait for it).
 """
 
 import contextlib
@@ -38,6 +40,7 @@ class Acting(NamedTuple):
   gauges: Callable[[], Dict[str, Any]]
   phases: List[telemetry.PhaseSource]
   start: Callable[[contextlib.ExitStack], None]
+  end_run: Callable[[], None] = lambda: None
 
 
 def session_seed(seed: int, update_step: int, process_index: int = 0) -> int:
@@ -110,7 +113,8 @@ def local_acting(config: config_lib.TrainConfig, spec: envs.EnvSpec, network: An
       hosts = remote.stats()
       values.update(remote_hosts=hosts.hosts, remote_envs=hosts.remote_envs,
                     remote_env_steps=hosts.remote_env_steps,
-                    rejected_messages=hosts.rejected, evicted_hosts=hosts.evicted)
+                    rejected_messages=hosts.rejected, value_violations=hosts.value_violations,
+                    evicted_hosts=hosts.evicted)
     return values
 
   def start(stack: contextlib.ExitStack) -> None:
@@ -129,7 +133,8 @@ def local_acting(config: config_lib.TrainConfig, spec: envs.EnvSpec, network: An
       max_wait_seconds=60 * config.max_batch_wait_minutes, describe_sources=describe)
   phases = [("learner", batches.clock, 1), ("inference", server.clock, 1)]
   phases += [("actor", a.clock, len(actors)) for a in actors]
-  return Acting(batches, server.update_params, gauges, phases, start)
+  return Acting(batches, server.update_params, gauges, phases, start,
+                end_run=remote.say_goodbye if remote is not None else lambda: None)
 
 
 def store_acting(config: config_lib.TrainConfig, spec: envs.EnvSpec, network: Any,

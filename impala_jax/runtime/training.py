@@ -135,6 +135,8 @@ class TrainingRun:
           threads.enter_context(watchdog)
         loop_start = time.monotonic()
         result = loop.run()
+        if result.stop_reason in _RUN_OVER:  # Not on a signal: a stopped run may resume.
+          acting.end_run()
     finally:
       outputs.close()
     wall = time.monotonic() - loop_start
@@ -166,6 +168,10 @@ class TrainingRun:
       learner.restore(state)
       env_steps = int(steps)
     return env_steps, trained_seconds
+
+
+# The stop reasons that end a run for good: its hosts are told (`sources.Acting.end_run`).
+_RUN_OVER = ("completed", "score_reached")
 
 
 def _reached(score: Optional[float], target: Optional[float]) -> bool:

@@ -105,6 +105,13 @@ def test_config_round_trips_through_json():
   assert restored.network == config.network and restored.loss == config_lib.LossConfig()
 
 
+def test_a_feeding_section_that_is_no_longer_valid_is_left_out():
+  # Written before a non-loopback --listen needed TLS: the run still evaluates.
+  values = json.loads(json.dumps(dataclasses.asdict(config_lib.TrainConfig())))
+  values["remote_envs"] = dict(listen="0.0.0.0:50051", max_envs=256)
+  assert policy_lib.config_from_dict(values).remote_envs is None
+
+
 def test_evaluation_settings_are_the_papers_and_keep_the_observation_format():
   train_env = config_lib.EnvConfig("Pong-v5", num_envs=32, batch_size=16, noop_max=0,
                                    image_size=42, stack_num=2, frame_skip=3)

@@ -158,6 +158,9 @@ def test_sigterm_during_a_run_exits_within_seconds_with_a_checkpoint(tmp_path):
     (["--listen=127.0.0.1:0", "--token_file=/nonexistent/token"],
      "Secret file '/nonexistent/token' does not exist"),
     (["--listen=localhost"], "listen must be HOST:PORT, got 'localhost'"),
+    # Off loopback, the token and the data would cross the network in the clear.
+    (["--listen=0.0.0.0:0", "--num_actor_threads=0"],
+     "--listen=0.0.0.0:0 is not a loopback address and has no TLS"),
     (["--objective=ppo"], "--objective=ppo: value should be one of <impala|appo>"),
     (["--num_minibatches=3"], "batch_size=32 is not divisible by num_minibatches=3"),
 ])
@@ -167,6 +170,19 @@ def test_bad_input_exits_nonzero_with_a_clear_message(tmp_path, args, message):
   out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
   assert out.returncode != 0
   assert message in out.stderr, out.stderr[-2000:]
+
+
+def test_a_token_file_others_can_read_is_refused_naming_the_fix(tmp_path):
+  token = tmp_path / "token"
+  token.write_text("a-token-of-more-than-16-characters")
+  os.chmod(token, 0o644)
+  cmd = [sys.executable, os.path.join(REPO, "experiments", "atari.py"),
+         f"--logdir={tmp_path / 'run'}", "--listen=127.0.0.1:0", f"--token_file={token}",
+         "--progress=false"]
+  out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2
+  assert f"has mode 644: other users can read or change it. Run `chmod 600 {token}`" in (
+      out.stderr), out.stderr[-2000:]
 
 
 def test_batch_not_divisible_by_devices_fails_at_start(tmp_path):
