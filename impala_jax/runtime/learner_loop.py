@@ -20,6 +20,7 @@ import jax
 from impala_jax import stage_clock
 from impala_jax import types
 from impala_jax.acting import batch_assembler
+from impala_jax.envs import value_checks
 from impala_jax.runtime import worker
 
 _POLL_SECONDS = 0.1
@@ -148,7 +149,7 @@ class LearnerLoop:
         more = self.env_steps + self._steps_per_update < self._total_env_steps
         if more and send_ahead:
           ahead, code = self._take_batch()
-        metrics = self._finish(in_flight[1], version_before)
+        metrics = self._finish(in_flight[1], version_before, batch)
         in_flight[0].release()
         in_flight = None
         self.env_steps += self._steps_per_update
@@ -209,13 +210,25 @@ class LearnerLoop:
       raise RuntimeError(f"Process {origin} failed (see its log); every process stops.")
     return (batch, agreed) if agreed == CONTINUE else (None, agreed)
 
-  def _finish(self, pending, version_before: int):
+  def _finish(self, pending, version_before: int, batch: types.HostBatch):
     metrics = self._learner.finish(pending)
     if not metrics["finite"]:
       raise FloatingPointError(
           f"The loss or gradients became non-finite at update {version_before} "
           f"(loss={metrics['loss']}, grad_norm={metrics['grad_norm']}); the update was not "
-          "applied and the last good state is saved. Try a lower --learning_rate.")
+          f"applied and the last good state is saved. {_likely_cause(batch.unroll)}")
     # The age of the data: updates between the acting parameters and this update's.
     metrics["policy_lag"] = version_before - metrics.pop("policy_version_mean")
     return metrics
+
+
+def _likely_cause(unroll: types.Unroll) -> str:
+  """What most likely made an update non-finite, judged from its batch."""
+  bad = value_checks.non_finite_fields(unroll)
+  if bad:
+    return (f"The batch itself holds NaN or infinite values (in {', '.join(bad)}): the data, "
+            "not the optimizer. Data from env hosts and actor hosts is checked on arrival, so "
+            "they came from this process's own environments (--env).")
+  return ("The batch's values are all finite, so the update itself diverged: most likely a "
+          "--learning_rate too high for this task, or rewards so large that the value loss "
+          "overflows (scale them down, or lower --max_abs_reward for remote hosts).")

@@ -14,13 +14,16 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from absl import logging
 from tensorboardX import SummaryWriter
 
+from impala_jax import types
+
 # Always present, in this order; other metrics follow in the order first seen.
 CSV_COLUMNS = ("env_steps", "wall_seconds", "episode_return", "recent_episode_return",
                "episode_length", "episodes", "steps_per_second", "policy_lag", "loss",
                "policy_loss", "baseline_loss", "entropy_loss", "entropy")
 
-# One row per finished episode (Atari: per whole game), for curves and "steps to a score".
-EPISODE_COLUMNS = ("env_steps", "wall_seconds", "episode_return", "episode_length")
+# One row per finished episode (Atari: per whole game), for curves and "steps to a score";
+# `source` is who played it ("local", or the remote host: `types.EpisodeStats.source`).
+EPISODE_COLUMNS = ("env_steps", "wall_seconds", "episode_return", "episode_length", "source")
 
 
 class MetricsWriter:
@@ -80,9 +83,14 @@ class EpisodeWriter:
     path = os.path.join(logdir, "episodes.csv")
     drop_rows_after(path, start_step)
     new = not os.path.exists(path) or os.path.getsize(path) == 0
-    # The real scores of the games the resumed-from run finished (up to its checkpoint), in
-    # order, so that the score over the last games carries on across a resume.
-    self.previous_returns: List[float] = [] if new else _episode_returns(path)
+    # The real scores (and sources) of the games the resumed-from run finished (up to its
+    # checkpoint), in order, so that the score over the last games carries on across a resume.
+    self.previous_returns: List[float] = []
+    self.previous_sources: List[str] = []
+    # A file from before the `source` column keeps its columns (its games were "local").
+    self._with_source = True
+    if not new:
+      self.previous_returns, self.previous_sources, self._with_source = _episodes(path)
     self._file = open(path, "a", newline="")
     self._writer = csv.writer(self._file)
     if new:
@@ -91,17 +99,22 @@ class EpisodeWriter:
   def write(self, env_steps: int, wall_seconds: float, episodes) -> None:
     """`episodes`: `types.EpisodeStats` finished since the last call."""
     for e in episodes:
-      self._writer.writerow((env_steps, f"{wall_seconds:.3f}", e.episode_return,
-                             e.episode_length))
+      row = (env_steps, f"{wall_seconds:.3f}", e.episode_return, e.episode_length)
+      self._writer.writerow(row + (e.source,) if self._with_source else row)
     self._file.flush()
 
   def close(self) -> None:
     self._file.close()
 
 
-def _episode_returns(path: str) -> List[float]:
+def _episodes(path: str) -> Tuple[List[float], List[str], bool]:
+  """(returns, sources, whether the file has a `source` column) of an episodes.csv."""
   with open(path, newline="") as f:
-    return [float(row["episode_return"]) for row in csv.DictReader(f)]
+    reader = csv.DictReader(f)
+    rows = list(reader)
+    with_source = "source" in (reader.fieldnames or ())
+  return ([float(row["episode_return"]) for row in rows],
+          [row.get("source") or types.LOCAL_SOURCE for row in rows], with_source)
 
 
 def drop_rows_after(path: str, step: int) -> int:
@@ -137,6 +150,7 @@ class NullWriter:
   """A writer that keeps nothing: what processes other than 0 of a multi-process run use."""
 
   previous_returns: Sequence[float] = ()
+  previous_sources: Sequence[str] = ()
 
   def write(self, *args, **kwargs) -> None:
     del args, kwargs

@@ -5,7 +5,9 @@
 the means of the update metrics since the last row, the real scores of the episodes finished
 since then, throughput, gauges read from the running components (inference batch size and
 latency, queue size, RSS) and, from each component's `seconds` counters, the fraction of its
-threads' wall time spent in each phase (`time_*` columns).
+threads' wall time spent in each phase (`time_*` columns). Scores are kept per source
+(`runtime.scores`): `stop_score` and `score_sources` in each row, the source of every game in
+episodes.csv, and whether `--stop_at_score` is reached (`score_reached`).
 """
 
 import collections
@@ -22,6 +24,7 @@ import tqdm
 from impala_jax import stage_clock
 from impala_jax import types
 from impala_jax.runtime import metrics as metrics_lib
+from impala_jax.runtime import scores as scores_lib
 
 # The score shown while training: the mean real score of the last games finished (the usual
 # "last 100 episodes" of Atari papers would lag far behind on a short run).
@@ -113,7 +116,9 @@ class Telemetry:
     self._episode_writer = episode_writer
     self._episodes = episodes
     # A resumed run's score window starts with the games before its checkpoint.
-    self._recent = collections.deque(episode_writer.previous_returns, maxlen=RECENT_EPISODES)
+    self._scores = scores_lib.Scores(RECENT_EPISODES, previous=[
+        types.EpisodeStats(r, 0, s) for r, s in zip(episode_writer.previous_returns,
+                                                    episode_writer.previous_sources)])
     self._phases = phases
     self._gauges = gauges
     self._interval = log_interval_seconds
@@ -125,7 +130,9 @@ class Telemetry:
                           disable=not show_progress, dynamic_ncols=True, smoothing=0.1)
     self._last_env_steps = env_steps
     self.episode_returns: List[float] = []  # Real scores of this session's episodes, in order.
-    self._score = self._full_window_mean()
+    self._score = self._scores.recent()
+    self._stop_score = self._scores.stop_score()
+    self._warned_one_source = False
 
   def recent_score(self) -> Optional[float]:
     """The score as of the last row: the mean real return of the last `RECENT_EPISODES` games,
@@ -133,8 +140,20 @@ class Telemetry:
     counts the games its checkpoint covers (from `episodes.csv`), as if it had not stopped."""
     return self._score
 
-  def _full_window_mean(self) -> Optional[float]:
-    return float(np.mean(self._recent)) if len(self._recent) == RECENT_EPISODES else None
+  def score_reached(self, target: Optional[float]) -> bool:
+    """Whether `--stop_at_score=target` is reached as of the last row: by the local actors' own
+    score, or by two remote hosts' each (`scores.Scores.stop_score`), never by one host's."""
+    if target is None:
+      return False
+    if self._stop_score is not None and self._stop_score >= target:
+      return True
+    if self._score is not None and self._score >= target and not self._warned_one_source:
+      self._warned_one_source = True
+      logging.warning("The last %d games score %.2f >= --stop_at_score=%g, but neither the "
+                      "local actors nor two remote hosts each reach it (%s): one host's report "
+                      "does not end a run.", RECENT_EPISODES, self._score, target,
+                      self._scores.summary())
+    return False
 
   def record(self, metrics: Mapping[str, float], env_steps: int) -> None:
     self._window.add(metrics)
@@ -154,8 +173,11 @@ class Telemetry:
     self._window = _Window(env_steps)
     finished = drain(self._episodes)
     self.episode_returns.extend(e.episode_return for e in finished)
-    self._recent.extend(e.episode_return for e in finished)
-    self._score = self._full_window_mean()
+    self._scores.add(finished)
+    self._score = self._scores.recent()
+    self._stop_score = self._scores.stop_score()
+    if any(e.source != types.LOCAL_SOURCE for e in finished):
+      logging.info("Games and scores by source: %s", self._scores.summary())
     now = time.monotonic()
     self._episode_writer.write(env_steps, now - self._start_time, finished)
     elapsed = max(now - window.start, 1e-9)
@@ -165,10 +187,12 @@ class Telemetry:
         wall_seconds=now - self._start_time,
         episode_return=(float(np.mean([e.episode_return for e in finished]))
                         if finished else None),
-        recent_episode_return=float(np.mean(self._recent)) if self._recent else None,
+        recent_episode_return=self._scores.mean(),
         episode_length=(float(np.mean([e.episode_length for e in finished]))
                         if finished else None),
         episodes=len(finished),
+        stop_score=self._stop_score,
+        score_sources=len(self._scores.by_source()),
         steps_per_second=(env_steps - window.start_steps) / elapsed,
         rss_mb=psutil.Process().memory_info().rss / 2**20)
     hns = None
@@ -183,7 +207,7 @@ class Telemetry:
     recent = row["recent_episode_return"]
     summary = (f"score={math.nan if recent is None else recent:.2f} "
                + ("" if hns is None else f"hns={hns:.3f} ")
-               + f"(last {len(self._recent)} games) "
+               + f"(last {self._scores.games()} games) "
                f"sps={row['steps_per_second']:.0f} loss={row.get('loss', math.nan):.3f} "
                f"lag={row.get('policy_lag', math.nan):.2f}")
     if self._show_progress:

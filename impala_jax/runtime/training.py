@@ -124,8 +124,7 @@ class TrainingRun:
         steps_per_update=config.steps_per_update,
         total_env_steps=config.total_env_steps, env_steps=env_steps,
         # Judged on the score process 0 logs; the loop's agreement stops the other processes.
-        score_reached=lambda: outputs.primary and _reached(telemetry.recent_score(),
-                                                           config.stop_at_score),
+        score_reached=lambda: outputs.primary and telemetry.score_reached(config.stop_at_score),
         **(dict(agree=multihost.StopAgreement(), after_update=watchdog.beat) if watchdog
            else {}))
     try:
@@ -172,10 +171,6 @@ class TrainingRun:
 
 # The stop reasons that end a run for good: its hosts are told (`sources.Acting.end_run`).
 _RUN_OVER = ("completed", "score_reached")
-
-
-def _reached(score: Optional[float], target: Optional[float]) -> bool:
-  return target is not None and score is not None and score >= target
 
 
 class _Outputs:

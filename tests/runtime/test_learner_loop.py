@@ -1,9 +1,18 @@
 """Tests for impala_jax.runtime.learner_loop: when the loop stops, and why; batch hand-backs."""
 
+import numpy as np
 import pytest
 
 from impala_jax import types
 from impala_jax.runtime import learner_loop
+
+
+class _Named(str):
+  """A batch's name that also reads as a batch of finite values (the loop looks into the batch
+  of an update that failed)."""
+
+  observation = reward = action = behaviour_log_prob = np.zeros((2, 1), np.float32)
+  core_state = ()
 
 
 class _Batches:
@@ -17,7 +26,7 @@ class _Batches:
     self.calls += 1
     name = f"batch-{self.calls}"
     self.events.append(("take", name))
-    return types.HostBatch(name, lambda: self.events.append(("release", name)))
+    return types.HostBatch(_Named(name), lambda: self.events.append(("release", name)))
 
 
 class _Learner:
@@ -141,7 +150,8 @@ def test_the_next_batch_moves_to_the_devices_while_an_update_runs_and_is_release
 def test_a_non_finite_update_stops_the_run_and_every_batch_goes_back():
   events = []
   loop = _loop(_Batches(events), _Checkpoints(), learner=_Learner(events, nan_at="batch-2"))
-  with pytest.raises(FloatingPointError, match="non-finite at update 1"):
+  with pytest.raises(FloatingPointError, match="non-finite at update 1.*values are all "
+                                               "finite, so the update itself diverged"):
     loop.run()
   taken = [name for kind, name in events if kind == "take"]
   released = [name for kind, name in events if kind == "release"]
@@ -158,3 +168,11 @@ def test_a_stop_while_an_update_runs_lets_it_finish_before_its_batch_goes_back()
   result = _loop(batches, _Checkpoints(), learner=_Learner(events)).run()
   assert result == learner_loop.LoopResult(10, "signal")
   assert events[-2:] == [("finish", "batch-1"), ("release", "batch-1")]
+
+
+def test_a_non_finite_update_on_non_finite_data_blames_the_data():
+  unroll = types.Unroll(*(np.zeros((3, 1), np.float32) for _ in range(8)), core_state=())
+  unroll = unroll._replace(reward=np.array([[0.0], [np.nan], [0.0]], np.float32))
+  cause = learner_loop._likely_cause(unroll)  # pylint: disable=protected-access
+  assert cause.startswith("The batch itself holds NaN or infinite values (in reward): the "
+                          "data, not the optimizer.")

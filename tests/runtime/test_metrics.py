@@ -3,6 +3,7 @@
 import csv
 import os
 
+from impala_jax import types
 from impala_jax.runtime import metrics
 
 
@@ -18,7 +19,7 @@ def test_resumed_writers_drop_rows_past_the_checkpoint_and_append(tmp_path):
   assert episodes.previous_returns == []
   for step in (100, 200, 300):
     writer.write(dict(env_steps=step, wall_seconds=step / 10, loss=1.0, extra=2.0))
-    episodes.write(step, step / 10, [_Episode(float(step))])
+    episodes.write(step, step / 10, [_Episode(float(step), source=f"env host {step}")])
   writer.close()
   episodes.close()
 
@@ -26,6 +27,7 @@ def test_resumed_writers_drop_rows_past_the_checkpoint_and_append(tmp_path):
   resumed_episodes = metrics.EpisodeWriter(logdir, start_step=200)
   # The games up to the checkpoint, for the score window (runtime.telemetry).
   assert resumed_episodes.previous_returns == [100.0, 200.0]
+  assert resumed_episodes.previous_sources == ["env host 100", "env host 200"]
   resumed.write(dict(env_steps=250, wall_seconds=25.0, loss=0.5, extra=3.0))
   resumed_episodes.write(250, 25.0, [_Episode(-1.0)])
   resumed.close()
@@ -36,6 +38,18 @@ def test_resumed_writers_drop_rows_past_the_checkpoint_and_append(tmp_path):
   assert rows[-1]["extra"] == "3.0"  # The header (with the extra column) was kept.
   episode_rows = _read(os.path.join(logdir, "episodes.csv"))
   assert [float(r["episode_return"]) for r in episode_rows] == [100.0, 200.0, -1.0]
+  assert [r["source"] for r in episode_rows] == ["env host 100", "env host 200", "local"]
+
+
+def test_an_episodes_file_from_before_sources_keeps_its_columns(tmp_path):
+  path = tmp_path / "episodes.csv"
+  path.write_text("env_steps,wall_seconds,episode_return,episode_length\n10,1.0,7.0,5\n")
+  episodes = metrics.EpisodeWriter(str(tmp_path), start_step=10)
+  assert (episodes.previous_returns, episodes.previous_sources) == ([7.0], ["local"])
+  episodes.write(20, 2.0, [_Episode(8.0, source="env host 1")])
+  episodes.close()
+  assert [list(r.values()) for r in _read(path)] == [["10", "1.0", "7.0", "5"],
+                                                     ["20", "2.000", "8.0", "5"]]
 
 
 def test_a_run_from_scratch_replaces_an_earlier_runs_rows(tmp_path):
@@ -60,8 +74,5 @@ def test_drop_rows_after_counts_and_leaves_no_temporary_file(tmp_path):
   assert os.listdir(tmp_path) == ["episodes.csv"]
 
 
-class _Episode:
-
-  def __init__(self, episode_return):
-    self.episode_return = episode_return
-    self.episode_length = 5
+def _Episode(episode_return, source="local"):  # pylint: disable=invalid-name
+  return types.EpisodeStats(episode_return, 5, source)

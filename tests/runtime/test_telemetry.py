@@ -5,6 +5,7 @@ import time
 
 from impala_jax import types
 from impala_jax.envs import atari_scores
+from impala_jax.runtime import scores as scores_lib
 from impala_jax.runtime import telemetry as telemetry_lib
 
 
@@ -22,6 +23,7 @@ class _Episodes:
 
   def __init__(self, previous_returns=()):
     self.previous_returns = list(previous_returns)
+    self.previous_sources = ["local"] * len(self.previous_returns)
 
   def write(self, env_steps, wall_seconds, episodes):
     pass
@@ -97,3 +99,43 @@ def test_a_resumed_run_scores_the_games_before_its_checkpoint_too():
   episodes.put(types.EpisodeStats(episode_return=30.0, episode_length=100))
   telemetry.record({"loss": 1.0}, env_steps=10)
   assert telemetry.recent_score() == (10.0 * (window - 1) + 30.0) / window
+
+
+def _games(episodes, score, source, count=telemetry_lib.RECENT_EPISODES):
+  for _ in range(count):
+    episodes.put(types.EpisodeStats(episode_return=score, episode_length=1, source=source))
+
+
+def test_one_hosts_report_never_reaches_the_target_however_high(caplog):
+  telemetry, rows, episodes = _telemetry(None)
+  _games(episodes, 1e6, "env host aaaaaaaa", count=30)  # Thirty one-step games of 1e6.
+  _games(episodes, 20.0, "env host bbbbbbbb", count=5)
+  telemetry.record({"loss": 1.0}, env_steps=10)
+  assert rows[-1]["recent_episode_return"] > 475  # What every game says ...
+  assert rows[-1]["stop_score"] is None and rows[-1]["score_sources"] == 1
+  assert not telemetry.score_reached(475.0)  # ... does not end the run.
+  assert "neither the local actors nor two remote hosts each reach it" in caplog.text
+  assert "env host aaaaaaaa 30 games 1000000.00; env host bbbbbbbb 5 games" in caplog.text
+  # A second host that reaches the target on its own games: two hosts agree.
+  _games(episodes, 480.0, "env host bbbbbbbb")
+  telemetry.record({"loss": 1.0}, env_steps=20)
+  assert rows[-1]["stop_score"] == 480.0 and telemetry.score_reached(475.0)
+
+
+def test_the_local_actors_score_alone_counts():
+  telemetry, rows, episodes = _telemetry(None)
+  _games(episodes, 500.0, "local")
+  _games(episodes, 10.0, "env host aaaaaaaa")
+  telemetry.record({"loss": 1.0}, env_steps=10)
+  assert rows[-1]["stop_score"] == 500.0 and telemetry.score_reached(475.0)
+  assert not telemetry.score_reached(None)
+
+
+def test_sources_are_bounded_and_the_least_recent_forgotten():
+  scores = scores_lib.Scores(window=2, max_sources=3)
+  for name in "abcd":
+    scores.add([types.EpisodeStats(1.0, 1, name)] * 2)
+  assert sorted(scores.by_source()) == ["b", "c", "d"]
+  scores.add([types.EpisodeStats(5.0, 1, "b")])
+  scores.add([types.EpisodeStats(1.0, 1, "e")])
+  assert sorted(scores.by_source()) == ["b", "d"]  # c was heard from least recently.
