@@ -27,9 +27,11 @@ LAYOUTS = {"redis 1 host": 1, "redis 2 hosts": 2}
 TOTAL_ACTOR_THREADS = 2
 
 
-def store_flags(server: local_redis.LocalRedisServer) -> List[str]:
-  """What the learner and the actor hosts need to reach `server` (the password by file)."""
-  return [f"--trajectory_store={server.url}", f"--redis_password_file={server.password_file}"]
+def store_flags(server: local_redis.LocalRedisServer, role: str = "learner") -> List[str]:
+  """What the learner (or, with role "actor", an actor host) needs to reach `server`: its
+  Redis user and that user's password, by file."""
+  return [f"--trajectory_store={server.url}", f"--redis_username={role}",
+          f"--redis_password_file={getattr(server, f'{role}_password_file')}"]
 
 
 def actor_host_args(script_dir: str, server: local_redis.LocalRedisServer, hosts: int,
@@ -37,10 +39,12 @@ def actor_host_args(script_dir: str, server: local_redis.LocalRedisServer, hosts
   """experiments/actor_host.py's arguments for host `index` of `hosts`.
 
   `shared_flags` are the learner's flags that shape an unroll (env, network, T and the
-  benchmark's extra training flags): the learner rejects unrolls that do not fit its schema.
+  benchmark's extra training flags): the host takes them from the learner anyway, and
+  refuses to start if they differ.
   """
   threads = max(1, TOTAL_ACTOR_THREADS // hosts)
-  return [os.path.join(script_dir, "actor_host.py"), *shared_flags, *store_flags(server),
+  return [os.path.join(script_dir, "actor_host.py"), *shared_flags,
+          *store_flags(server, role="actor"),
           f"--num_actor_threads={threads}", f"--num_envs={total_envs // (hosts * threads)}",
           f"--seed={1000 * (index + 1)}", "--status_interval_seconds=10"]
 

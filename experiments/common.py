@@ -15,6 +15,7 @@ import jax
 
 from impala_jax import config as config_lib
 from impala_jax.distributed import multihost
+from impala_jax.distributed import peer_loss
 from impala_jax.runtime import training
 
 
@@ -154,9 +155,18 @@ def _define_value_flags() -> None:
 
 def _define_store_flags() -> None:
   flags.DEFINE_string("trajectory_store", "", "Learn from (or, in actor_host.py, feed) a Redis "
-                      "trajectory store: redis://HOST:PORT/DB; empty: none. The password comes "
-                      "from $REDIS_PASSWORD or --redis_password_file, never the URL.")
-  flags.DEFINE_string("redis_password_file", None, "File holding the Redis password.")
+                      "trajectory store: redis://HOST:PORT/DB, rediss://... for TLS; empty: "
+                      "none. The password comes from $REDIS_PASSWORD or --redis_password_file, "
+                      "never the URL.")
+  flags.DEFINE_string("redis_username", None, "The Redis ACL user: learner (the training "
+                      "run) or actor (actor hosts); unset: the default user.")
+  flags.DEFINE_string("redis_password_file", None, "File holding that user's password.")
+  flags.DEFINE_string("redis_tls_ca_file", None, "rediss://: trust this CA certificate (PEM).")
+  flags.DEFINE_string("redis_tls_cert_file", None, "rediss://: this client's certificate "
+                      "(PEM), for servers that verify clients.")
+  flags.DEFINE_string("redis_tls_key_file", None, "rediss://: this client's private key (PEM).")
+  flags.DEFINE_bool("insecure_redis", False, "Allow redis:// (no TLS) to a non-loopback host: "
+                    "the password and all data cross the network in the clear.")
   flags.DEFINE_string("redis_key_prefix", "impala_jax", "Namespace of this run's Redis keys.")
   flags.DEFINE_integer("store_capacity", 256, "Unrolls the store keeps; older ones are "
                        "dropped and counted.")
@@ -208,7 +218,9 @@ def store_config_from_flags() -> Optional[config_lib.TrajectoryStoreConfig]:
   if not f.trajectory_store:
     return None
   return config_lib.TrajectoryStoreConfig(
-      url=f.trajectory_store, password_file=f.redis_password_file,
+      url=f.trajectory_store, username=f.redis_username, password_file=f.redis_password_file,
+      tls_ca_file=f.redis_tls_ca_file, tls_cert_file=f.redis_tls_cert_file,
+      tls_key_file=f.redis_tls_key_file, insecure_redis=f.insecure_redis,
       key_prefix=f.redis_key_prefix, capacity=f.store_capacity,
       max_policy_lag=f.max_policy_lag,
       publish_interval_seconds=f.params_publish_interval_seconds)
@@ -302,9 +314,20 @@ def main(argv) -> None:
     # wrong or unreachable): a clear message, exit code 2.
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  summary = run.run()
+  if config.multihost is None:
+    _report(run.run())
+    return
+  with peer_loss.AbortAsPeerLost(config.multihost.coordinator_address):
+    try:
+      _report(run.run())
+    except peer_loss.PeerLostError as e:
+      print(f"error: PeerLostError: {e}. Every process of the group stops; restart them all "
+            "with --resume.", file=sys.stderr, flush=True)
+      os._exit(peer_loss.EXIT_CODE)  # pylint: disable=protected-access
+    multihost.shutdown()
+
+
+def _report(summary: training.RunSummary) -> None:
   logging.info("Done (%s): %d env steps, %d updates, %.0f steps/s, %.1f min.",
                summary.stop_reason, summary.env_steps, summary.updates,
                summary.steps_per_second, summary.wall_seconds / 60)
-  if config.multihost is not None:
-    multihost.shutdown()

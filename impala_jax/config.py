@@ -13,6 +13,7 @@ import dataclasses
 import ipaddress
 import math
 import os
+import urllib.parse
 from typing import Optional, Tuple
 
 # Network torsos (`networks.torsos.make_torso`).
@@ -325,8 +326,16 @@ class TrajectoryStoreConfig:
   """A Redis trajectory store between actor hosts and the learner (`distributed`).
 
   Attributes:
-    url: redis://HOST:PORT/DB (no password in it).
-    password_file: file holding the Redis password; None reads $REDIS_PASSWORD.
+    url: redis://HOST:PORT/DB, or rediss://... for TLS (no password in it). A non-loopback
+      host needs rediss:// unless `insecure_redis`.
+    username: the Redis ACL user: "learner" for the learner, "actor" for actor hosts
+      (`distributed.store_roles`); None: the default user.
+    password_file: file holding that user's password; None reads $REDIS_PASSWORD.
+    tls_ca_file: rediss://: trust this CA (PEM); None: the system's.
+    tls_cert_file, tls_key_file: rediss://: this client's certificate and key (PEM), for a
+      server that verifies its clients.
+    insecure_redis: allow redis:// (no TLS) to a non-loopback host: passwords and data in the
+      clear, only on a network you trust.
     key_prefix: the keys' namespace, so several runs can share one server.
     capacity: unrolls the store keeps; beyond it the oldest are dropped (and counted).
     max_policy_lag: the learner drops unrolls acted more than this many updates ago (and
@@ -335,15 +344,31 @@ class TrajectoryStoreConfig:
   """
 
   url: str = "redis://127.0.0.1:6379/0"
+  username: Optional[str] = None
   password_file: Optional[str] = None
+  tls_ca_file: Optional[str] = None
+  tls_cert_file: Optional[str] = None
+  tls_key_file: Optional[str] = None
+  insecure_redis: bool = False
   key_prefix: str = "impala_jax"
   capacity: int = 256
   max_policy_lag: int = 20
   publish_interval_seconds: float = 0.2
 
   def __post_init__(self):
-    _require(self.url.startswith("redis://"),
-             f"The trajectory store must be a redis://HOST:PORT/DB URL, got {self.url!r}.")
+    _require(self.url.startswith(("redis://", "rediss://")),
+             "The trajectory store must be a redis://HOST:PORT/DB or rediss://HOST:PORT/DB "
+             f"URL, got {self.url!r}.")
+    _require(self.tls or not (self.tls_ca_file or self.tls_cert_file),
+             f"TLS files need a rediss:// URL, got {self.url!r}.")
+    _require(bool(self.tls_cert_file) == bool(self.tls_key_file),
+             "A Redis client certificate needs both tls_cert_file and tls_key_file.")
+    host = urllib.parse.urlparse(self.url).hostname or ""
+    _require(self.tls or self.insecure_redis or is_loopback(host),
+             f"--trajectory_store={self.url} is not on loopback and has no TLS: the password "
+             "and every unroll would cross the network in the clear. Use rediss:// (with "
+             "--redis_tls_ca_file, and --redis_tls_cert_file/--redis_tls_key_file where the "
+             "server verifies clients), or pass --insecure_redis on a network you trust.")
     _require(self.capacity >= 1, f"capacity must be >= 1, got {self.capacity}.")
     _require(self.max_policy_lag >= 0,
              f"max_policy_lag must be >= 0, got {self.max_policy_lag}.")
@@ -351,6 +376,10 @@ class TrajectoryStoreConfig:
              f"{self.publish_interval_seconds}.")
     _require(bool(self.key_prefix) and ":" not in self.key_prefix,
              f"key_prefix must be a non-empty name without ':', got {self.key_prefix!r}.")
+
+  @property
+  def tls(self) -> bool:
+    return self.url.startswith("rediss://")
 
 
 @dataclasses.dataclass(frozen=True)

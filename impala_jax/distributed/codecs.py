@@ -3,10 +3,12 @@
 The receiver never takes a sender's word for a layout: it builds the schema from its own
 environment spec, unroll length and network (`unroll_schema`, `params_schema`), and
 `wire.decode` rejects anything else (dtype, shape, byte size). Pytrees travel as their leaves
-in `jax.tree` order, named by position.
+in `jax.tree` order, named by position. An actor host's unrolls and episode records carry its
+host id in the message's sequence field, so the learner can count their faults per host.
+The values themselves are the receiver's to check (`envs.value_checks`).
 """
 
-from typing import Any, List, Sequence, Tuple
+from typing import Any, List, NamedTuple, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -16,7 +18,7 @@ from impala_jax import types
 from impala_jax.distributed import wire
 
 UNROLL, PARAMS, EPISODES = 10, 11, 12
-MAX_EPISODES_PER_MESSAGE = 10_000
+MAX_EPISODES_PER_MESSAGE = 1000
 EPISODES_SCHEMA = (wire.ArraySpec("episode_return", np.float64, (None,)),
                    wire.ArraySpec("episode_length", np.int32, (None,)))
 
@@ -46,23 +48,30 @@ def unroll_schema(spec: envs.EnvSpec, unroll_length: int,
   return tuple(schema)
 
 
-def encode_unroll(unroll: types.Unroll, schema: Sequence[wire.ArraySpec]) -> bytes:
+def blob_bytes(schema: Sequence[wire.ArraySpec]) -> int:
+  """The size of every well-formed message of a fixed-shape `schema` (an unroll's, params')."""
+  return wire.max_message_bytes(schema, max_batch=1)
+
+
+def encode_unroll(unroll: types.Unroll, schema: Sequence[wire.ArraySpec],
+                  host_id: int = 0) -> bytes:
   arrays = {name: getattr(unroll, name) for name in _FIELDS}
   for i, leaf in enumerate(jax.tree.leaves(unroll.core_state)):
     arrays[f"core_{i}"] = np.asarray(leaf)
-  return wire.encode(UNROLL, 0, schema, arrays)
+  return wire.encode(UNROLL, host_id, schema, arrays)
 
 
 def decode_unroll(payload: bytes, schema: Sequence[wire.ArraySpec],
-                  initial_core_state: types.CoreState) -> types.Unroll:
-  """An `Unroll` from a message checked against `schema`; raises `wire.WireError`."""
+                  initial_core_state: types.CoreState) -> Tuple[types.Unroll, int]:
+  """(an `Unroll`, its host id) from a message checked against `schema`; raises
+  `wire.WireError`."""
   message = wire.decode(payload, schema, max_batch=1)
   if message.kind != UNROLL:
     raise wire.WireError(f"Expected an UNROLL (kind {UNROLL}), got kind {message.kind}.")
   a = message.arrays
   leaves = [a[f"core_{i}"] for i in range(len(jax.tree.leaves(initial_core_state)))]
   core_state = jax.tree.unflatten(jax.tree.structure(initial_core_state), leaves)
-  return types.Unroll(*(a[name] for name in _FIELDS), core_state=core_state)
+  return types.Unroll(*(a[name] for name in _FIELDS), core_state=core_state), message.sequence
 
 
 def params_schema(params: Any) -> Tuple[wire.ArraySpec, ...]:
@@ -87,16 +96,24 @@ def decode_params(payload: bytes, template: Any) -> Tuple[Any, int]:
   return jax.tree.unflatten(jax.tree.structure(template), leaves), message.sequence
 
 
-def encode_episodes(episodes: Sequence[types.EpisodeStats]) -> bytes:
-  return wire.encode(EPISODES, 0, EPISODES_SCHEMA, dict(
+EPISODES_BLOB_BYTES = wire.max_message_bytes(EPISODES_SCHEMA, MAX_EPISODES_PER_MESSAGE)
+
+
+class EpisodeRecords(NamedTuple):
+  host_id: int
+  returns: np.ndarray  # [n] float64
+  lengths: np.ndarray  # [n] int32
+
+
+def encode_episodes(episodes: Sequence[types.EpisodeStats], host_id: int = 0) -> bytes:
+  return wire.encode(EPISODES, host_id, EPISODES_SCHEMA, dict(
       episode_return=[e.episode_return for e in episodes],
       episode_length=[e.episode_length for e in episodes]))
 
 
-def decode_episodes(payload: bytes) -> List[types.EpisodeStats]:
+def decode_episodes(payload: bytes) -> EpisodeRecords:
   message = wire.decode(payload, EPISODES_SCHEMA, max_batch=MAX_EPISODES_PER_MESSAGE)
   if message.kind != EPISODES:
     raise wire.WireError(f"Expected EPISODES (kind {EPISODES}), got kind {message.kind}.")
   a = message.arrays
-  return [types.EpisodeStats(float(r), int(n))
-          for r, n in zip(a["episode_return"], a["episode_length"])]
+  return EpisodeRecords(message.sequence, a["episode_return"], a["episode_length"])

@@ -9,11 +9,10 @@ that ends (stream closed, host evicted after its lease, a rejected message) free
 drops its partial unrolls: a host that comes back starts clean, as its environments do.
 
 The `SessionTable` also keeps what outlives a session: each host's value violations (by its
-host id, the same across its reconnects) and the hosts evicted for them, and the streams that
-have not said HELLO yet (each must within a deadline; a few at a time per address).
+host id, the same across its reconnects: `violations`) and the streams that have not said
+HELLO yet (each must within a deadline; a few at a time per address).
 """
 
-import collections
 import threading
 import time
 from typing import Any, Dict, List, NamedTuple, Optional
@@ -21,10 +20,8 @@ from typing import Any, Dict, List, NamedTuple, Optional
 from impala_jax import envs
 from impala_jax.acting import recorder as recorder_lib
 from impala_jax.distributed import env_protocol
+from impala_jax.distributed import violations as violations_lib
 
-# Hosts whose violations are remembered; the oldest are forgotten beyond it (host ids are the
-# hosts' own word, so a table keyed by them must be bounded).
-_MAX_HOSTS_REMEMBERED = 4096
 # Streams from one address that may be waiting for their HELLO at once.
 MAX_PENDING_PER_ADDRESS = 4
 
@@ -115,14 +112,12 @@ class SessionTable:
   counters for the run's metrics (thread-safe)."""
 
   def __init__(self, violations_to_evict: int = 3):
-    self._violations_to_evict = violations_to_evict
     self._sessions: Dict[bytes, HostSession] = {}
-    self._violations: "collections.OrderedDict[bytes, int]" = collections.OrderedDict()
+    self.violations = violations_lib.Violations(violations_to_evict)
     self._pending: Dict[int, tuple] = {}  # id(context) → (context, address, since)
     self._lock = threading.Lock()
     self.rejected = 0
-    self.value_violations = 0
-    self.evicted = 0
+    self._lease_evictions = 0
     self._finished_env_steps = 0
 
   # -- live sessions ----------------------------------------------------------------------------
@@ -151,7 +146,7 @@ class SessionTable:
     now = time.monotonic()
     with self._lock:
       stale = [s for s in self._sessions.values() if now - s.last_seen > lease_seconds]
-      self.evicted += len(stale)
+      self._lease_evictions += len(stale)
     return stale
 
   def __len__(self) -> int:
@@ -166,19 +161,10 @@ class SessionTable:
 
   def count_violation(self, host_id: bytes) -> bool:
     """Counts a value violation against `host_id`; True when that evicts it."""
-    with self._lock:
-      self.value_violations += 1
-      count = self._violations.pop(host_id, 0) + 1
-      self._violations[host_id] = count
-      while len(self._violations) > _MAX_HOSTS_REMEMBERED:
-        self._violations.popitem(last=False)
-      if count == self._violations_to_evict:
-        self.evicted += 1
-      return count >= self._violations_to_evict
+    return self.violations.count(host_id)
 
   def is_evicted(self, host_id: bytes) -> bool:
-    with self._lock:
-      return self._violations.get(host_id, 0) >= self._violations_to_evict
+    return self.violations.is_evicted(host_id)
 
   # -- streams before HELLO ---------------------------------------------------------------------
 
@@ -207,4 +193,5 @@ class SessionTable:
       live = list(self._sessions.values())
       return SessionStats(len(live), sum(s.hello.num_envs for s in live),
                           self._finished_env_steps + sum(s.env_steps for s in live),
-                          self.rejected, self.value_violations, self.evicted)
+                          self.rejected, self.violations.total,
+                          self._lease_evictions + self.violations.evicted)

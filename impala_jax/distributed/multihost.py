@@ -11,10 +11,10 @@ device of every process. What that needs beyond `jax.distributed.initialize`:
   * lockstep: every process makes the same collectives in the same order, so every decision
     to stop (step budget, signal, NaN, a dead actor on any host) is collective:
     `StopAgreement` all-gathers one small code per update, and all stop together;
-  * faults: a killed process stops sending heartbeats and JAX's coordination service ends
-    every other process within `heartbeat_timeout_seconds`, naming the lost task; a process
-    alive but stuck (e.g. in a collective no one else entered) is caught by `Watchdog`, which
-    exits when no update completes within `stall_timeout_seconds`;
+  * faults: a killed process ends every other one with `peer_loss.PeerLostError` and exit
+    status 1 (instead of JAX's abort), within `heartbeat_timeout_seconds`;
+    a process alive but stuck (e.g. in a collective no one else entered) is caught by
+    `Watchdog`, which exits when no update completes within `stall_timeout_seconds`;
   * shutdown: a barrier, then `jax.distributed.shutdown()`.
 
 CPU devices talk over gloo (loopback in tests, TCP between hosts); GPUs and TPUs use their own

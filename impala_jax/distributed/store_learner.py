@@ -1,11 +1,14 @@
 """The learner's side of the Redis trajectory store: batches in, parameters out.
 
-`StoreBatchSource` is a `runtime.learner_loop.BatchSource`: it pops whole batches (one round
-trip for the rest after the first unroll), decodes each blob against the learner's own schema
-(a blob that does not match is counted and skipped, never crashed on), and drops unrolls whose
-parameters are more than `max_policy_lag` updates old (or newer than the learner: left over
-from a run that got further before it was restarted from a checkpoint). `StorePublisher`
-writes the parameters at most every `publish_interval_seconds`.
+`StoreBatchSource` is a `runtime.learner_loop.BatchSource`: it pops whole batches (blobs of
+any size but the schema's are dropped in Redis, unread), decodes each blob against the
+learner's own schema (a blob that does not match is counted and skipped, never crashed on),
+checks its values (`envs.value_checks`: a violation is logged naming the actor host, counted,
+and after `violations_to_evict` of them that host's blobs are dropped from then on), and drops
+unrolls whose parameters are more than `max_policy_lag` updates old (or newer than the
+learner: left over from a run that got further before it was restarted from a checkpoint).
+Episode records get the same checks. `StorePublisher` writes the parameters at most every
+`publish_interval_seconds`.
 """
 
 import os
@@ -23,25 +26,36 @@ from impala_jax import types
 from impala_jax.acting import batch_assembler
 from impala_jax.distributed import codecs
 from impala_jax.distributed import trajectory_store
+from impala_jax.distributed import violations as violations_lib
 from impala_jax.distributed import wire
+from impala_jax.envs import value_checks
 from impala_jax.runtime import worker
 
 _WAITING_LOG_SECONDS = 30.0
 LEASE_SECONDS = 30
 
 
+def actor_host_name(host_id: int) -> str:
+  """An actor host as logs and episode sources name it (`types.EpisodeStats.source`)."""
+  return f"actor host {host_id:016x}"
+
+
 class StoreBatchSource:
-  """Batches of `batch_size` fresh, well-formed unrolls from the store."""
+  """Batches of `batch_size` fresh, well-formed unrolls with values in range from the store."""
 
   def __init__(self, store: trajectory_store.RedisStore, batch_size: int, schema,
                initial_core_state: types.CoreState, max_policy_lag: int,
                current_version: Callable[[], int], stop_requested: Callable[[], bool],
-               max_wait_seconds: float, workers: Sequence[worker.Worker] = (),
+               max_wait_seconds: float, checker: value_checks.ValueChecker,
+               violations: violations_lib.Violations, workers: Sequence[worker.Worker] = (),
                on_episode: Callable[[types.EpisodeStats], None] = lambda e: None,
                on_wait: Callable[[], None] = lambda: None):
     self._store = store
     self._batch_size = batch_size
     self._schema = schema
+    self._blob_bytes = codecs.blob_bytes(schema)
+    self._checker = checker
+    self.violations = violations
     self._initial_core_state = initial_core_state
     self._max_policy_lag = max_policy_lag
     self._current_version = current_version
@@ -52,6 +66,7 @@ class StoreBatchSource:
     self._on_wait = on_wait
     self.stale = 0  # Unrolls dropped for their age.
     self.rejected = 0  # Blobs that did not match the schema.
+    self.evicted_blobs = 0  # Blobs of evicted hosts, dropped.
     self.bytes_received = 0
     self.unrolls_received = 0
     self.clock = stage_clock.StageClock(("batch_wait",))
@@ -64,12 +79,13 @@ class StoreBatchSource:
       while len(unrolls) < self._batch_size:
         worker.raise_if_failed(self._workers)
         self._on_wait()
-        blobs = trajectory_store.retrying(
-            lambda: self._store.pop_unrolls(self._batch_size - len(unrolls)),
+        popped = trajectory_store.retrying(
+            lambda: self._store.pop_unrolls(self._batch_size - len(unrolls), self._blob_bytes),
             self._stop_requested, "popping unrolls")
-        if blobs is None:  # Stop requested.
+        if popped is None:  # Stop requested.
           return None
-        fresh = self._fresh(blobs)
+        self._count_oversized(popped.oversized, "unrolls")
+        fresh = self._fresh(popped.blobs)
         unrolls.extend(fresh)
         self._collect_episodes()
         now = time.perf_counter()
@@ -87,20 +103,44 @@ class StoreBatchSource:
     finally:
       self.clock.lap("batch_wait")
 
+  def _count_oversized(self, count: int, what: str) -> None:
+    if count:
+      self.rejected += count
+      logging.warning("Dropped %d %s in %s larger than any well-formed one.", count, what,
+                      self._store.url)
+
+  def _violation(self, host_id: int, what: str, error: value_checks.ValueViolation) -> None:
+    name = actor_host_name(host_id)
+    logging.warning("Rejected %s from %s: %s", what, name, error)
+    if self.violations.count(host_id):  # Its blobs are dropped unchecked from now on.
+      logging.warning("Evicting %s: %d blobs with values outside the task's ranges; its "
+                      "unrolls and episodes are dropped from now on.", name,
+                      self.violations.to_evict)
+
   def _collect_episodes(self) -> None:
     try:
-      blobs = self._store.pop_episodes()
+      popped = self._store.pop_episodes(codecs.EPISODES_BLOB_BYTES)
     except trajectory_store.StoreUnavailable:
       return  # Collected with a later batch.
-    for blob in blobs:
+    self._count_oversized(popped.oversized, "episode records")
+    for blob in popped.blobs:
       try:
-        episodes = codecs.decode_episodes(blob)
+        records = codecs.decode_episodes(blob)
       except wire.WireError as e:
         self.rejected += 1
         logging.warning("Rejected an episodes blob from %s: %s", self._store.url, e)
         continue
-      for episode in episodes:
-        self._on_episode(episode)
+      if self.violations.is_evicted(records.host_id):
+        self.evicted_blobs += 1
+        continue
+      try:
+        self._checker.episodes(records.returns, records.lengths)
+      except value_checks.ValueViolation as e:
+        self._violation(records.host_id, "episode records", e)
+        continue
+      source = actor_host_name(records.host_id)
+      for episode_return, length in zip(records.returns, records.lengths):
+        self._on_episode(types.EpisodeStats(float(episode_return), int(length), source))
 
   def _fresh(self, blobs: List[bytes]) -> List[types.Unroll]:
     version = self._current_version()
@@ -108,10 +148,18 @@ class StoreBatchSource:
     for blob in blobs:
       self.bytes_received += len(blob)
       try:
-        unroll = codecs.decode_unroll(blob, self._schema, self._initial_core_state)
+        unroll, host_id = codecs.decode_unroll(blob, self._schema, self._initial_core_state)
       except wire.WireError as e:
         self.rejected += 1
         logging.warning("Rejected a blob from %s: %s", self._store.url, e)
+        continue
+      if self.violations.is_evicted(host_id):
+        self.evicted_blobs += 1
+        continue
+      try:
+        self._checker.unroll(unroll)
+      except value_checks.ValueViolation as e:
+        self._violation(host_id, "an unroll", e)
         continue
       self.unrolls_received += 1
       oldest, newest = int(unroll.policy_version.min()), int(unroll.policy_version.max())
@@ -136,12 +184,14 @@ class StorePublisher:
   """
 
   def __init__(self, store: trajectory_store.RedisStore, interval_seconds: float,
-               stop_requested: Callable[[], bool]):
+               stop_requested: Callable[[], bool], settings: Optional[bytes] = None):
     self._store = store
+    self._settings = settings  # The learner's, for actor hosts (`learner_settings`).
     self._interval = interval_seconds
     self._stop_requested = stop_requested
     self._last = -float("inf")
-    self._pending = None  # (params, version) held back by the interval.
+    self._pending = None  # (params, version) held back by the interval, or not yet written.
+    self._failing = False
     self.bytes_published = 0
 
   def publish(self, params: Any, version: int, force: bool = False) -> None:
@@ -153,15 +203,22 @@ class StorePublisher:
     if self._pending is None:
       return
     params, version = self._pending
-    self._pending = None
     self._last = time.monotonic()
     blob = codecs.encode_params(jax.device_get(params), version)
-    # A publish must not stall the learner through a Redis outage: try once, then next time.
+    # A publish must not stall the learner through a Redis outage: try once, and again at the
+    # next publish or flush (kept pending: hosts may be waiting for these very parameters).
     try:
-      self._store.publish_params(blob, version)
+      self._store.publish_params(blob, version, self._settings)
       self.bytes_published += len(blob)
+      self._pending = None
+      if self._failing:
+        logging.info("Published parameters v%d again.", version)
+      self._failing = False
     except trajectory_store.StoreUnavailable as e:
-      logging.warning("Could not publish parameters v%d: %s", version, e)
+      if not self._failing:  # Once per outage, not once per update.
+        logging.warning("Could not publish parameters v%d (retried with every update): %s",
+                        version, e)
+      self._failing = True
 
 
 def unroll_schema_for(spec, unroll_length: int, initial_core_state):

@@ -18,6 +18,7 @@ import queue
 import threading
 from typing import Any, Callable, Dict, List, NamedTuple
 
+from absl import logging
 import numpy as np
 
 from impala_jax import config as config_lib
@@ -27,8 +28,11 @@ from impala_jax.acting import actor as actor_lib
 from impala_jax.acting import batch_assembler
 from impala_jax.acting import inference
 from impala_jax.distributed import env_server
+from impala_jax.distributed import learner_settings
 from impala_jax.distributed import store_learner
 from impala_jax.distributed import trajectory_store
+from impala_jax.distributed import violations
+from impala_jax.envs import value_checks
 from impala_jax.runtime import learner_loop
 from impala_jax.runtime import telemetry
 from impala_jax.runtime import worker
@@ -145,17 +149,23 @@ def store_acting(config: config_lib.TrainConfig, spec: envs.EnvSpec, network: An
   store_config = config.trajectory_store
   initial_core_state = network.initial_state(1)
   lease = store_learner.LearnerLease(store)
-  publisher = store_learner.StorePublisher(store, store_config.publish_interval_seconds,
-                                           stop.is_set)
+  publisher = store_learner.StorePublisher(
+      store, store_config.publish_interval_seconds, stop.is_set,
+      settings=learner_settings.encode(learner_settings.of_config(config)))
   batches = store_learner.StoreBatchSource(
       store, config.batch_size,
       store_learner.unroll_schema_for(spec, config.unroll_length, initial_core_state),
       initial_core_state, store_config.max_policy_lag, lambda: learner.update_step,
-      stop.is_set, max_wait_seconds=60 * config.max_batch_wait_minutes, workers=[lease],
-      on_episode=episodes.put, on_wait=publisher.flush)
+      stop.is_set, max_wait_seconds=60 * config.max_batch_wait_minutes,
+      checker=value_checks.ValueChecker(spec, config.value_limits),
+      violations=violations.Violations(config.value_limits.violations_to_evict),
+      workers=[lease], on_episode=episodes.put, on_wait=publisher.flush)
 
   def gauges() -> Dict[str, Any]:
     values = dict(stale_unrolls=batches.stale, rejected_blobs=batches.rejected,
+                  value_violations=batches.violations.total,
+                  evicted_hosts=batches.violations.evicted,
+                  evicted_blobs=batches.evicted_blobs,
                   bytes_per_unroll=batches.bytes_received / max(batches.unrolls_received, 1))
     try:
       stats = store.stats()
@@ -171,8 +181,15 @@ def store_acting(config: config_lib.TrainConfig, spec: envs.EnvSpec, network: An
       return  # Stopped while waiting; the loop's first batch request sees the stop.
     lease.start()
     stack.callback(lease.close)
-    # Actor hosts wait for parameters: the learner's current ones go first.
+    trajectory_store.retrying(store.begin_run, stop.is_set, "starting the run")
+    # Actor hosts wait for the settings and parameters: the learner's current ones.
     publisher.publish(learner.params(), learner.update_step, force=True)
 
+  def end_run() -> None:
+    try:
+      store.mark_run_ended()
+    except trajectory_store.StoreUnavailable as e:  # The hosts find the learner gone instead.
+      logging.warning("Could not tell the actor hosts that the run has ended: %s", e)
+
   return Acting(batches, publisher.publish, gauges, [("learner", batches.clock, 1)],
-                start)
+                start, end_run=end_run)

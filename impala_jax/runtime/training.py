@@ -32,6 +32,7 @@ from impala_jax import networks
 from impala_jax import types
 from impala_jax.distributed import env_server
 from impala_jax.distributed import multihost
+from impala_jax.distributed import peer_loss
 from impala_jax.distributed import trajectory_store
 from impala_jax.learning import learner as learner_lib
 from impala_jax.runtime import checkpoint as checkpoint_lib
@@ -133,7 +134,7 @@ class TrainingRun:
         if watchdog is not None:
           threads.enter_context(watchdog)
         loop_start = time.monotonic()
-        result = loop.run()
+        result = self._run_loop(loop)
         if result.stop_reason in _RUN_OVER:  # Not on a signal: a stopped run may resume.
           acting.end_run()
     finally:
@@ -142,6 +143,17 @@ class TrainingRun:
     return RunSummary(result.env_steps, learner.update_step, wall,
                       (result.env_steps - start_steps) / max(wall, 1e-9),
                       telemetry.episode_returns, result.stop_reason)
+
+  def _run_loop(self, loop: learner_loop.LearnerLoop) -> learner_loop.LoopResult:
+    """`loop.run()`; in a multi-process run, a collective whose peer is gone raises
+    `peer_loss.PeerLostError`."""
+    try:
+      return loop.run()
+    except Exception as e:  # pylint: disable=broad-except
+      lost = peer_loss.as_peer_lost(e) if self.config.num_processes > 1 else None
+      if lost is not None:
+        raise lost from e
+      raise
 
   def _restore(self, learner: learner_lib.Learner,
                checkpointer: Optional[checkpoint_lib.Checkpointer]) -> Tuple[int, float]:

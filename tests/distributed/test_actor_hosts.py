@@ -43,17 +43,19 @@ def test_actor_hosts_and_a_learner_solve_cartpole_through_kills_and_restarts(tmp
   logdir = str(tmp_path / "learner")
   # Parameters every 0.05 s, read as often: at ~15K agent steps/s (90 updates/s) the default
   # 0.2 s left the actors' data ~10 updates old, and APPO's entropy collapsed before 600k.
-  store_flags = [f"--trajectory_store={redis.url}",
-                 f"--redis_password_file={redis.password_file}",
-                 "--params_publish_interval_seconds=0.05"]
+  store_flags = [f"--trajectory_store={redis.url}", "--params_publish_interval_seconds=0.05"]
+  # Each role its Redis user and password (store_roles).
   learner_args = [os.path.join(REPO, "experiments", "control.py"), f"--flagfile={FLAGFILE}",
-                  *store_flags, "--num_actor_threads=0",
+                  *store_flags, "--redis_username=learner",
+                  f"--redis_password_file={redis.learner_password_file}",
+                  "--num_actor_threads=0",
                   f"--logdir={logdir}", f"--total_env_steps={BUDGET}", "--seed=0",
                   "--progress=false", "--log_interval_seconds=2", f"--store_capacity={CAPACITY}",
                   "--checkpoint_interval_minutes=0.25"]
   host_args = [os.path.join(REPO, "experiments", "actor_host.py"), f"--flagfile={FLAGFILE}",
-               *store_flags, "--network=mlp", "--unroll_length=10",
-               "--batch_size=16", "--num_actor_threads=1", "--num_envs=8",
+               *store_flags, "--redis_username=actor",
+               f"--redis_password_file={redis.actor_password_file}", "--network=mlp",
+               "--unroll_length=10", "--batch_size=16", "--num_actor_threads=1", "--num_envs=8",
                "--status_interval_seconds=5", f"--store_capacity={CAPACITY}"]
   try:
     learner = processes.start("learner", learner_args)
