@@ -49,6 +49,12 @@ def initialize(config: config_lib.MultiHostConfig) -> None:
       initialization_timeout=config.initialization_timeout_seconds,
       heartbeat_timeout_seconds=config.heartbeat_timeout_seconds,
       coordinator_bind_address=config.bind_address)
+  if config.process_id == 0 and config.bind_address is None:
+    logging.warning("The jax.distributed coordination service listens on every interface "
+                    "(port %s) and has no authentication or encryption: whoever reaches it "
+                    "can join or disrupt the group. Keep it on a private network "
+                    "(docs/distributed.md, \"Trust\").",
+                    config.coordinator_address.rpartition(":")[2])
   logging.info("Process %d of %d joined %s: %d local of %d devices.", jax.process_index(),
                jax.process_count(), config.coordinator_address, jax.local_device_count(),
                jax.device_count())
