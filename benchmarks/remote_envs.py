@@ -87,7 +87,7 @@ def _wait_for_port(log_path: str, learner: subprocess.Popen, timeout: float = 18
   deadline = time.monotonic() + timeout
   while time.monotonic() < deadline and learner.poll() is None:
     with open(log_path, errors="replace") as f:
-      match = re.search(r"Serving env hosts on .* \(port (\d+)\)", f.read())
+      match = re.search(r"Serving env hosts on .* \(port (\d+)", f.read())
     if match:
       return int(match.group(1))
     time.sleep(0.5)

@@ -44,7 +44,7 @@ def test_two_env_hosts_solve_cartpole_through_a_kill_and_a_rejoin(tmp_path, proc
       f"--token_file={token_file}", "--num_actor_threads=0", f"--logdir={logdir}",
       "--total_env_steps=300000", "--stop_at_score=475", "--seed=0", "--progress=false",
       "--log_interval_seconds=2", "--host_lease_seconds=10"])
-  port = int(_wait_for(lambda: re.search(r"Serving env hosts on .* \(port (\d+)\)",
+  port = int(_wait_for(lambda: re.search(r"Serving env hosts on .* \(port (\d+)",
                                          _read(learner.log_path)), 120, "the server").group(1))
   first = _host(processes, "host_a", port, token_file, seed=100)
   _host(processes, "host_b", port, token_file, seed=200)
