@@ -110,7 +110,8 @@ def _define_run_flags(d: Dict[str, Any]) -> None:
                        "Agent steps (not frames) for the learner to consume.")
   flags.DEFINE_float("stop_at_score", None, "End the run (with a checkpoint) once the mean "
                      "real return of the last 20 games reaches this: of the local actors' "
-                     "games, or of each of two remote hosts' (one host's alone never counts); "
+                     "games, or of each of two remote hosts' confirmed by 20 games the learner plays "
+                     "itself (one host's alone never counts); "
                      "unset: run to --total_env_steps.")
   flags.DEFINE_integer("seed", 0, "Seeds parameters, action sampling and environments.")
   flags.DEFINE_string("logdir", d["logdir"], "Run directory: metrics.csv, TensorBoard events, "

@@ -455,8 +455,8 @@ class TrainConfig:
     total_env_steps: stop after the learner has consumed this many agent steps.
     stop_at_score: stop earlier, once the score (the mean real return of the last 20 games
       finished, `runtime.telemetry.RECENT_EPISODES`, judged at each metrics row) reaches
-      this: the local actors' score, or each of two remote hosts' (`runtime.scores`); None:
-      run to total_env_steps.
+      this: the local actors' score, or each of two remote hosts' confirmed by the learner's
+      own games (`runtime.scores`, `runtime.score_check`); None: run to total_env_steps.
     seed: seeds parameters, action sampling and the environments.
     logdir: run directory (metrics.csv, TensorBoard events, checkpoints/).
     resume: continue from the latest checkpoint in `logdir`.

@@ -8,10 +8,12 @@ is forgotten first: a source's name is its host's word, so the table must be bou
 
 The stop rule. A remote host's games are its own report: within the values a task allows (30
 one-step games worth 1e6 each pass where the task declares no reward bound) one host can send
-any score. So the target counts as reached only when the local actors' own score reaches it,
-or when the scores of at least two remote sources, each over its own last `window` games, do:
-one host alone never ends a run. (Two hosts that agree to lie still can: see
-docs/distributed.md, "Trust".)
+any score, and a host's name is its own word, so one token holder can also pose as several
+hosts. So the target counts as reached when the local actors' own score reaches it; remote
+scores only propose it: when at least two remote sources each reach it over their own last
+`window` games (so one host alone cannot even make the learner look), the learner plays games
+of its own with its current parameters and stops only if those reach it too
+(`runtime.score_check`). However many hosts lie, the run ends only on games it played itself.
 """
 
 import collections
@@ -76,17 +78,22 @@ class Scores:
     return {source: float(np.mean(recent)) for source, recent in self._by_source.items()
             if len(recent) == self._window}
 
+  def local_score(self) -> Optional[float]:
+    """The local actors' own score (None until they have finished `window` games)."""
+    return self.by_source().get(types.LOCAL_SOURCE)
+
+  def remote_score(self) -> Optional[float]:
+    """The second best of the remote sources' own scores (None until two have one): what
+    at least two remote hosts each reach, so that one host's report never decides."""
+    remote = sorted((score for source, score in self.by_source().items()
+                     if source != types.LOCAL_SOURCE), reverse=True)
+    return remote[1] if len(remote) >= 2 else None
+
   def stop_score(self) -> Optional[float]:
-    """The score `--stop_at_score` judges: the local actors' own, or the second best of the
-    remote sources' own (so that one remote host's report never decides); None until one of
-    these exists."""
-    scores = self.by_source()
-    candidates: List[float] = []
-    if types.LOCAL_SOURCE in scores:
-      candidates.append(scores.pop(types.LOCAL_SOURCE))
-    remote = sorted(scores.values(), reverse=True)
-    if len(remote) >= 2:
-      candidates.append(remote[1])
+    """The score `--stop_at_score` looks at: the better of `local_score` and `remote_score`
+    (None until one exists). A remote one still needs the learner's own games to confirm it
+    (`runtime.score_check`)."""
+    candidates = [s for s in (self.local_score(), self.remote_score()) if s is not None]
     return max(candidates) if candidates else None
 
   def summary(self) -> str:

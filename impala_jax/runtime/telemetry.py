@@ -140,13 +140,21 @@ class Telemetry:
     counts the games its checkpoint covers (from `episodes.csv`), as if it had not stopped."""
     return self._score
 
-  def score_reached(self, target: Optional[float]) -> bool:
-    """Whether `--stop_at_score=target` is reached as of the last row: by the local actors' own
-    score, or by two remote hosts' each (`scores.Scores.stop_score`), never by one host's."""
+  def score_reached(self, target: Optional[float],
+                    confirm: Optional[Callable[[float], bool]] = None) -> bool:
+    """Whether `--stop_at_score=target` is reached as of the last row (`runtime.scores`): by
+    the local actors' own score; or proposed by two remote hosts' each and confirmed by
+    `confirm(target)` (the learner's own games, `runtime.score_check`; None: never confirmed).
+    One host's report never ends a run, nor do any number of hosts' without the learner's games.
+    """
     if target is None:
       return False
-    if self._stop_score is not None and self._stop_score >= target:
+    local = self._scores.local_score()
+    if local is not None and local >= target:
       return True
+    remote = self._scores.remote_score()
+    if remote is not None and remote >= target:
+      return confirm is not None and confirm(target)
     if self._score is not None and self._score >= target and not self._warned_one_source:
       self._warned_one_source = True
       logging.warning("The last %d games score %.2f >= --stop_at_score=%g, but neither the "

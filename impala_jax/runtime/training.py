@@ -38,6 +38,7 @@ from impala_jax.learning import learner as learner_lib
 from impala_jax.runtime import checkpoint as checkpoint_lib
 from impala_jax.runtime import learner_loop
 from impala_jax.runtime import metrics as metrics_lib
+from impala_jax.runtime import score_check
 from impala_jax.runtime import signals
 from impala_jax.runtime import sources
 from impala_jax.runtime import telemetry as telemetry_lib
@@ -117,6 +118,9 @@ class TrainingRun:
         total_env_steps=config.total_env_steps, env_steps=env_steps, start_time=start_time,
         show_progress=self._show_progress and outputs.primary,
         score_to_hns=envs.atari_scores.normalizer(config.env.env_id))
+    # Remote hosts' scores end the run only if the learner's own games confirm them.
+    own_games = score_check.OwnGames(self._network, learner.params, config.env,
+                                     num_games=telemetry_lib.RECENT_EPISODES)
     watchdog = (multihost.Watchdog(config.multihost.stall_timeout_seconds)
                 if config.num_processes > 1 else None)
     loop = learner_loop.LearnerLoop(
@@ -125,7 +129,8 @@ class TrainingRun:
         steps_per_update=config.steps_per_update,
         total_env_steps=config.total_env_steps, env_steps=env_steps,
         # Judged on the score process 0 logs; the loop's agreement stops the other processes.
-        score_reached=lambda: outputs.primary and telemetry.score_reached(config.stop_at_score),
+        score_reached=lambda: outputs.primary and telemetry.score_reached(
+            config.stop_at_score, confirm=own_games),
         **(dict(agree=multihost.StopAgreement(), after_update=watchdog.beat) if watchdog
            else {}))
     try:

@@ -3,6 +3,8 @@
 import queue
 import time
 
+import pytest
+
 from impala_jax import types
 from impala_jax.envs import atari_scores
 from impala_jax.runtime import scores as scores_lib
@@ -116,10 +118,16 @@ def test_one_hosts_report_never_reaches_the_target_however_high(caplog):
   assert not telemetry.score_reached(475.0)  # ... does not end the run.
   assert "neither the local actors nor two remote hosts each reach it" in caplog.text
   assert "env host aaaaaaaa 30 games 1000000.00; env host bbbbbbbb 5 games" in caplog.text
-  # A second host that reaches the target on its own games: two hosts agree.
+  # A second host that reaches the target on its own games: two hosts agree, and that only
+  # proposes it: the learner's own games decide.
   _games(episodes, 480.0, "env host bbbbbbbb")
   telemetry.record({"loss": 1.0}, env_steps=20)
-  assert rows[-1]["stop_score"] == 480.0 and telemetry.score_reached(475.0)
+  assert rows[-1]["stop_score"] == 480.0
+  asked = []
+  assert not telemetry.score_reached(475.0)  # Nothing to confirm with.
+  assert not telemetry.score_reached(475.0, confirm=lambda t: asked.append(t) or False)
+  assert telemetry.score_reached(475.0, confirm=lambda t: asked.append(t) or True)
+  assert asked == [475.0, 475.0]
 
 
 def test_the_local_actors_score_alone_counts():
@@ -127,7 +135,8 @@ def test_the_local_actors_score_alone_counts():
   _games(episodes, 500.0, "local")
   _games(episodes, 10.0, "env host aaaaaaaa")
   telemetry.record({"loss": 1.0}, env_steps=10)
-  assert rows[-1]["stop_score"] == 500.0 and telemetry.score_reached(475.0)
+  assert rows[-1]["stop_score"] == 500.0
+  assert telemetry.score_reached(475.0, confirm=lambda t: pytest.fail("no need to confirm"))
   assert not telemetry.score_reached(None)
 
 
