@@ -41,9 +41,8 @@ from impala_jax.runtime import signals
 _POLL_SECONDS = 0.5
 
 num_actor_threads, num_envs = config_lib.default_actor_layout()
-common.define_flags(dict(env="Pong-v5", total_env_steps=1, logdir="", num_envs=num_envs,
-                         num_actor_threads=num_actor_threads, unroll_length=20, batch_size=32,
-                         learning_rate=6e-4, network="shallow"))
+common.define_flags(dict(total_env_steps=1, logdir="", num_envs=num_envs,
+                         num_actor_threads=num_actor_threads))
 flags.DEFINE_float("learner_timeout_seconds", 600.0, "Give up (exit 1) after this long "
                    "without a learner on the store's keys or without Redis: at start (no "
                    "settings or parameters yet), and after losing them.")

@@ -19,16 +19,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 num_actor_threads, num_envs = config_lib.default_actor_layout()
+# Everything else is the config's default (impala_jax/config.py: the paper's Table G.1).
 common.define_flags(dict(
-    env="Pong-v5",
-    total_env_steps=50_000_000,  # 200M frames, the paper's Atari budget.
     logdir="runs/atari",
     num_envs=num_envs,  # Per actor thread; both from the core count (config.py).
     num_actor_threads=num_actor_threads,
-    unroll_length=20,
-    batch_size=32,
-    learning_rate=6e-4,
-    network="shallow",
 ))
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ common.define_flags(dict(
     learning_rate=3e-3,
     optimizer="adam",
     network="mlp",
-    entropy_cost=0.01,
     log_interval_seconds=2.0,
 ))
 

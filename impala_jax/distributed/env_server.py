@@ -17,6 +17,7 @@ from absl import logging
 import grpc
 
 from impala_jax import config as config_lib
+from impala_jax import config_checks
 from impala_jax import envs
 from impala_jax import types
 from impala_jax.acting import unroll_buffer
@@ -95,7 +96,7 @@ class EnvServer:
     self._reaper.start()
     logging.info("Serving env hosts on %s (port %d, %s).", self._config.listen, self.port,
                  "TLS" if self._config.tls else "no TLS")
-    if not self._config.tls and not config_lib.is_loopback(
+    if not self._config.tls and not config_checks.is_loopback(
         self._config.listen.rpartition(":")[0]):
       logging.warning("--insecure_listen: the token and every message cross the network in "
                       "the clear.")

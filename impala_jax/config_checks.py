@@ -1,0 +1,20 @@
+"""Checks shared by the configuration modules (`config`, `config_scale_out`)."""
+
+import ipaddress
+
+
+def require(condition: bool, message: str) -> None:
+  """Raises ValueError(message) unless `condition`: every config check's one way to fail."""
+  if not condition:
+    raise ValueError(message)
+
+
+def is_loopback(host: str) -> bool:
+  """Whether `host` (a name or an address, IPv6 in brackets or not) is this machine only."""
+  host = host.strip("[]")
+  if host == "localhost":
+    return True
+  try:
+    return ipaddress.ip_address(host).is_loopback
+  except ValueError:
+    return False  # A host name: it may resolve to any interface.
