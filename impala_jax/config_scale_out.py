@@ -81,7 +81,7 @@ class RemoteEnvConfig:
     _require(self.max_hosts >= 1, f"max_hosts must be >= 1, got {self.max_hosts}.")
     _require(1 <= self.envs_per_host <= self.max_envs,
              f"max_envs_per_host must be in [1, max_envs={self.max_envs}], got "
-             f"{self.envs_per_host}" + ("" if self.max_envs_per_host else
+             f"{self.envs_per_host}" + ("" if self.max_envs_per_host is not None else
                                         f" (max_envs // max_hosts={self.max_hosts})") + ".")
     _require(self.lease_seconds > 0, f"lease_seconds must be > 0, got {self.lease_seconds}.")
     _require(self.hello_timeout_seconds > 0,
@@ -101,7 +101,9 @@ class RemoteEnvConfig:
   @property
   def envs_per_host(self) -> int:
     """The most environments one host may bring (`max_envs_per_host` or the fair share)."""
-    return self.max_envs_per_host or max(1, self.max_envs // self.max_hosts)
+    if self.max_envs_per_host is not None:  # 0 is refused, not a fair share.
+      return self.max_envs_per_host
+    return max(1, self.max_envs // self.max_hosts)
 
 
 @dataclasses.dataclass(frozen=True)
