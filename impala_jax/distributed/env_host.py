@@ -33,11 +33,11 @@ import numpy as np
 
 from impala_jax import config as config_lib
 from impala_jax import envs
+from impala_jax import threads
 from impala_jax.distributed import env_protocol
 from impala_jax.distributed import env_server
 from impala_jax.distributed import learner_settings
 from impala_jax.distributed import wire
-from impala_jax.runtime import worker
 
 _POLL_SECONDS = 0.1
 _ROUND_TRIPS_KEPT = 10_000
@@ -54,7 +54,7 @@ class _RunEnded(Exception):
   """The learner said GOODBYE: its run is over."""
 
 
-class EnvHost(worker.Worker):
+class EnvHost(threads.Worker):
   """Owns the EnvPool and the stream to the learner; `start()`, `close()`; reconnects."""
 
   def __init__(self, env_config: config_lib.EnvConfig, learner_address: str, token: str, *,
