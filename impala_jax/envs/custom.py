@@ -149,12 +149,12 @@ class CustomEnvPool:
     self.batch_size = batch_size
     self._name = factory if isinstance(factory, str) else custom_copies.name_of(factory)
     self.num_workers = num_workers
-    self._workers: List[custom_workers.Worker] = []
+    self._workers: List[custom_workers.WorkerProcess] = []
     self._copies: Optional[custom_copies.Copies] = None
     # Copies whose result is in the buffers and not yet returned by recv(), oldest first.
     self._ready: "collections.deque[int]" = collections.deque()
     # Commands sent to workers and not yet answered, oldest first: (worker, env ids).
-    self._in_flight: "collections.deque[Tuple[custom_workers.Worker, np.ndarray]]" = (
+    self._in_flight: "collections.deque[Tuple[custom_workers.WorkerProcess, np.ndarray]]" = (
         collections.deque())
     # Which copies wait for an action (their last result was returned by recv or reset).
     self._waiting = np.zeros(num_envs, bool)
@@ -179,7 +179,7 @@ class CustomEnvPool:
       self._buffers = custom_copies.Buffers(layout, num_envs, path)
       bounds = np.linspace(0, num_envs, num_workers + 1).round().astype(int)
       for k in range(num_workers):
-        self._workers.append(custom_workers.Worker(k, dict(
+        self._workers.append(custom_workers.WorkerProcess(k, dict(
             factory=factory, env_ids=(int(bounds[k]), int(bounds[k + 1])), seed=seed,
             max_episode_steps=max_episode_steps, layout=layout, num_envs=num_envs,
             path=path)))

@@ -36,7 +36,7 @@ module.worker_process(int(sys.argv[3]))
 """
 
 
-class Worker:
+class WorkerProcess:
   """One worker process (`custom_copies.worker_process`) and its socket; answers in order."""
 
   def __init__(self, index: int, init: dict):
