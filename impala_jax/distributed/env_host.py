@@ -222,7 +222,6 @@ class _Session:
     self._spec = spec
     self._requests = requests
     self._replies = replies
-    self._is_atari = envs.is_atari(env_config.env_id)
     self._step_schema = env_protocol.step_schema(spec)
     self._actions_schema = env_protocol.actions_schema(spec)
 
@@ -253,7 +252,7 @@ class _Session:
     message = wire.encode(
         env_protocol.STEP, sequence, self._step_schema,
         env_protocol.step_arrays(ids, observation, reward, terminated, truncated, info,
-                                 self._is_atari))
+                                 self._spec.family))
     self._requests.put(message)
     self._host.bytes_sent += len(message)
     self._host.env_steps += len(ids)

@@ -66,12 +66,14 @@ import numpy as np
 
 from impala_jax.envs import custom_copies
 from impala_jax.envs import custom_workers
+from impala_jax.envs import family as family_lib
 from impala_jax.envs import specs
 from impala_jax.envs import value_checks
 from impala_jax.envs.specs import EnvSpec
 
 Factory = custom_copies.Factory
 load_factory = custom_copies.load_factory
+
 
 def env_spec_of(conversion: custom_copies.Conversion,
                 max_episode_steps: Optional[int] = None) -> EnvSpec:
@@ -91,7 +93,7 @@ def env_spec_of(conversion: custom_copies.Conversion,
       action_high=conversion.action_high,
       # What `to_env_action` hands the pool; each copy converts to its environment's dtype.
       action_dtype=np.dtype(np.int32 if conversion.discrete else np.float32),
-      is_atari=False,
+      family=family_lib.EnvFamily.CUSTOM,
       ranges=ranges)
 
 
