@@ -80,7 +80,8 @@ flags.DEFINE_string("workdir", "", "Where the runs' logdirs go; empty: a new tem
 
 def _learner_script() -> str:
   f = flags.FLAGS
-  return f.learner_script or ("atari.py" if envs.is_atari(f.env) else "control.py")
+  atari = envs.env_family(f.env) is envs.EnvFamily.ATARI
+  return f.learner_script or ("atari.py" if atari else "control.py")
 
 
 def _wait_for_port(log_path: str, learner: subprocess.Popen, timeout: float = 180.0) -> int:

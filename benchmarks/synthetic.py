@@ -21,7 +21,7 @@ _TERMINAL_PROBABILITY = 0.01
 
 def frames_per_step(env_config: config_lib.EnvConfig) -> int:
   """Atari frames per agent step (the action repeat), 1 for other tasks."""
-  return env_config.frame_skip if envs.is_atari(env_config.env_id) else 1
+  return env_config.frame_skip if envs.env_family(env_config.env_id) is envs.EnvFamily.ATARI else 1
 
 
 def network_and_params(config: config_lib.TrainConfig):

@@ -29,7 +29,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from impala_jax.envs import atari_scores
+from impala_jax import envs
 from impala_jax.evaluation import episodes as episodes_lib
 from impala_jax.evaluation import policy as policy_lib
 from impala_jax.evaluation import video as video_lib
@@ -78,18 +78,19 @@ def _check_flags(f) -> None:
     _fail(f"--frame_png must end in .png, got {f.frame_png!r}.")
 
 
-def video_fps(env_config) -> float:
+def video_fps(env_config, spec) -> float:
   """Real time: Atari runs at 60 frames/s and one agent step is `frame_skip` frames."""
-  if atari_scores.game_name(env_config.env_id) is not None:
+  if spec.family is envs.EnvFamily.ATARI:
     return 60.0 / env_config.frame_skip
   return 30.0
 
 
 def _play(f, policy, env_config):
   """Plays the games, feeding the video writer and the middle-frame picker when asked for."""
-  scale = f.video_scale or (2 if policy.spec.is_atari else 1)
+  scale = f.video_scale or (2 if policy.spec.family is envs.EnvFamily.ATARI else 1)
+  fps = video_fps(env_config, policy.spec)
   try:
-    writer = video_lib.VideoWriter(f.video, video_fps(env_config), scale) if f.video else None
+    writer = video_lib.VideoWriter(f.video, fps, scale) if f.video else None
   except ImportError as e:
     _fail(str(e))
   middle = video_lib.MiddleFrame() if f.frame_png else None
@@ -111,7 +112,8 @@ def _play(f, policy, env_config):
 
 def _report(f, policy, env_config, result, summary, video_frames, wall_seconds):
   """The JSON summary written beside the run."""
-  frames_per_step = env_config.frame_skip if policy.spec.is_atari else 1
+  atari = policy.spec.family is envs.EnvFamily.ATARI
+  frames_per_step = env_config.frame_skip if atari else 1
   return dict(
       logdir=os.path.abspath(f.logdir),
       checkpoint=policy.step,

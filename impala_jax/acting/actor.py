@@ -18,11 +18,11 @@ import numpy as np
 from impala_jax import config as config_lib
 from impala_jax import envs
 from impala_jax import stage_clock
+from impala_jax import threads
 from impala_jax import types
 from impala_jax.acting import inference
 from impala_jax.acting import recorder as recorder_lib
 from impala_jax.acting import unroll_buffer
-from impala_jax.runtime import worker
 
 
 class InferenceClient(Protocol):
@@ -46,7 +46,7 @@ def env_configs(config: config_lib.TrainConfig,
           for k in range(config.num_actor_threads)]
 
 
-class Actor(worker.Worker):
+class Actor(threads.Worker):
   """One actor thread stepping one EnvPool; hands complete unrolls to `sink`.
 
   `start()` launches the thread, `close()` stops and joins it (the pool closes with it). A

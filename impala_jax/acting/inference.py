@@ -19,10 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from impala_jax import stage_clock
+from impala_jax import threads
 from impala_jax import types
 from impala_jax.acting import request_inbox
 from impala_jax.acting import unroll_buffer
-from impala_jax.runtime import worker
 
 # How often blocked calls wake up to check whether the server is still alive.
 _POLL_SECONDS = 0.1
@@ -118,7 +118,7 @@ def make_policy_step(apply_fn: Callable[..., Any], initial_core_state: types.Cor
   return jax.jit(step, donate_argnums=(1, 2))
 
 
-class InferenceServer(worker.Worker):
+class InferenceServer(threads.Worker):
   """Batches action requests from all actor threads into one accelerator call.
 
   Owns one thread; `start()` launches it, `close()` stops and joins it. If the thread fails,

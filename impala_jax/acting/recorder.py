@@ -29,7 +29,7 @@ class StepRecorder:
   """
 
   def __init__(self, num_envs: int, spec: envs.EnvSpec, unroll_length: int):
-    self._tracker = envs.EpisodeTracker(num_envs, spec.is_atari)
+    self._tracker = envs.EpisodeTracker(num_envs, spec.family)
     self._buffer = unroll_buffer.UnrollBuffer(unroll_length, num_envs, spec)
     # Every environment's first observation starts an episode (after a reset).
     self._starts_episode = np.ones((num_envs,), bool)

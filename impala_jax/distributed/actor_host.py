@@ -29,6 +29,7 @@ import jax
 from impala_jax import config as config_lib
 from impala_jax import envs
 from impala_jax import networks
+from impala_jax import threads
 from impala_jax import types
 from impala_jax.acting import actor as actor_lib
 from impala_jax.acting import inference
@@ -36,7 +37,6 @@ from impala_jax.distributed import codecs
 from impala_jax.distributed import learner_settings
 from impala_jax.distributed import trajectory_store
 from impala_jax.distributed import wire
-from impala_jax.runtime import worker
 
 _POLL_SECONDS = 0.1
 # How often actors look for new parameters by default (one GET of a small version key): the
@@ -80,7 +80,7 @@ class EncodingSink:
     return True
 
 
-class UnrollPusher(worker.Worker):
+class UnrollPusher(threads.Worker):
   """Moves encoded unrolls from the actors' queue to the store, several per round trip."""
 
   def __init__(self, blob_queue: "queue.Queue[bytes]", store: trajectory_store.RedisStore,
@@ -138,7 +138,7 @@ def _drain(episodes: "queue.SimpleQueue[types.EpisodeStats]") -> List[types.Epis
       return finished
 
 
-class ParamsPoller(worker.Worker):
+class ParamsPoller(threads.Worker):
   """Gives the local inference server the store's parameters whenever their version changes,
   and watches the learner: stops when its run has ended (`run_ended`), fails when no learner
   has held the keys for `learner_timeout_seconds`."""
@@ -243,7 +243,7 @@ class ActorHost:
     self._spec = envs.env_spec(config.env)
     self._network = networks.network_for_spec(config.network, self._spec)
     self._template = networks.init_params(self._network, self._spec, config.seed)
-    self._workers: List[worker.Worker] = []
+    self._workers: List[threads.Worker] = []
     self._episodes: "queue.SimpleQueue[types.EpisodeStats]" = queue.SimpleQueue()
     self.pusher: Optional[UnrollPusher] = None
     self.poller: Optional[ParamsPoller] = None
@@ -294,9 +294,9 @@ class ActorHost:
   def check(self) -> None:
     """Raises if a thread failed; once the run has ended, the poller's stop is no failure."""
     workers = [w for w in self._workers if w is not self.poller or not self.run_ended]
-    worker.raise_if_failed(workers)
+    threads.raise_if_failed(workers)
 
   def close(self) -> None:
     # Actors first (they may block on the queue), then the pusher, poller and server.
-    worker.close_all(reversed(self._workers))
+    threads.close_all(reversed(self._workers))
 

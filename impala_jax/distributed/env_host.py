@@ -33,11 +33,11 @@ import numpy as np
 
 from impala_jax import config as config_lib
 from impala_jax import envs
+from impala_jax import threads
 from impala_jax.distributed import env_protocol
 from impala_jax.distributed import env_server
 from impala_jax.distributed import learner_settings
 from impala_jax.distributed import wire
-from impala_jax.runtime import worker
 
 _POLL_SECONDS = 0.1
 _ROUND_TRIPS_KEPT = 10_000
@@ -54,7 +54,7 @@ class _RunEnded(Exception):
   """The learner said GOODBYE: its run is over."""
 
 
-class EnvHost(worker.Worker):
+class EnvHost(threads.Worker):
   """Owns the EnvPool and the stream to the learner; `start()`, `close()`; reconnects."""
 
   def __init__(self, env_config: config_lib.EnvConfig, learner_address: str, token: str, *,
@@ -222,7 +222,6 @@ class _Session:
     self._spec = spec
     self._requests = requests
     self._replies = replies
-    self._is_atari = envs.is_atari(env_config.env_id)
     self._step_schema = env_protocol.step_schema(spec)
     self._actions_schema = env_protocol.actions_schema(spec)
 
@@ -253,7 +252,7 @@ class _Session:
     message = wire.encode(
         env_protocol.STEP, sequence, self._step_schema,
         env_protocol.step_arrays(ids, observation, reward, terminated, truncated, info,
-                                 self._is_atari))
+                                 self._spec.family))
     self._requests.put(message)
     self._host.bytes_sent += len(message)
     self._host.env_steps += len(ids)

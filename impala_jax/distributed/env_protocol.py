@@ -137,9 +137,9 @@ def actions_schema(spec: envs.EnvSpec) -> Tuple[wire.ArraySpec, ...]:
 
 
 def step_arrays(env_ids, observation, reward, terminated, truncated, info,
-                is_atari: bool) -> dict:
+                family: envs.EnvFamily) -> dict:
   """The STEP arrays of one EnvPool `recv()` result."""
-  if is_atari:
+  if family is envs.EnvFamily.ATARI:
     game_reward, game_over = info["reward"], info["terminated"]
   else:
     game_reward, game_over = reward, terminated

@@ -19,6 +19,7 @@ import grpc
 from impala_jax import config as config_lib
 from impala_jax import config_checks
 from impala_jax import envs
+from impala_jax import threads
 from impala_jax import types
 from impala_jax.acting import unroll_buffer
 from impala_jax.distributed import auth
@@ -27,7 +28,6 @@ from impala_jax.distributed import env_service
 from impala_jax.distributed import host_sessions
 from impala_jax.distributed import learner_settings
 from impala_jax.distributed import wire
-from impala_jax.runtime import worker
 
 _REAP_SECONDS = 1.0
 _STOP_GRACE_SECONDS = 2.0
@@ -46,7 +46,7 @@ def grpc_options(max_message_bytes: int, send_bytes: Optional[int] = None):
           ("grpc.http2.max_pings_without_data", 0)]
 
 
-class _Reaper(worker.Worker):
+class _Reaper(threads.Worker):
   """Ends the streams of hosts silent for longer than their lease, or without a timely HELLO."""
 
   def __init__(self, table: host_sessions.SessionTable, config: config_lib.RemoteEnvConfig):

@@ -33,7 +33,7 @@ import jax
 import numpy as np
 
 from impala_jax import config as config_lib
-from impala_jax.runtime import worker
+from impala_jax import threads
 
 # Settings that may differ between processes (everything else must match).
 _PER_PROCESS = ("process_id", "logdir", "resume", "remote_envs", "checkpoint_interval_minutes",
@@ -117,7 +117,7 @@ class StopAgreement:
     return int(codes[origin]), origin
 
 
-class Watchdog(worker.Worker):
+class Watchdog(threads.Worker):
   """Exits the process when the learner completes no update for `stall_seconds`.
 
   A process stuck in a collective cannot be interrupted from Python, and its peers may be

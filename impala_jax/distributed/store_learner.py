@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from impala_jax import stage_clock
+from impala_jax import threads
 from impala_jax import types
 from impala_jax.acting import batch_assembler
 from impala_jax.distributed import codecs
@@ -29,7 +30,6 @@ from impala_jax.distributed import trajectory_store
 from impala_jax.distributed import violations as violations_lib
 from impala_jax.distributed import wire
 from impala_jax.envs import value_checks
-from impala_jax.runtime import worker
 
 _WAITING_LOG_SECONDS = 30.0
 LEASE_SECONDS = 30
@@ -47,7 +47,7 @@ class StoreBatchSource:
                initial_core_state: types.CoreState, max_policy_lag: int,
                current_version: Callable[[], int], stop_requested: Callable[[], bool],
                max_wait_seconds: float, checker: value_checks.ValueChecker,
-               violations: violations_lib.Violations, workers: Sequence[worker.Worker] = (),
+               violations: violations_lib.Violations, workers: Sequence[threads.Worker] = (),
                on_episode: Callable[[types.EpisodeStats], None] = lambda e: None,
                on_wait: Callable[[], None] = lambda: None):
     self._store = store
@@ -77,7 +77,7 @@ class StoreBatchSource:
     unrolls: List[types.Unroll] = []
     try:
       while len(unrolls) < self._batch_size:
-        worker.raise_if_failed(self._workers)
+        threads.raise_if_failed(self._workers)
         self._on_wait()
         popped = trajectory_store.retrying(
             lambda: self._store.pop_unrolls(self._batch_size - len(unrolls), self._blob_bytes),
@@ -227,7 +227,7 @@ def unroll_schema_for(spec, unroll_length: int, initial_core_state):
                               jax.tree.map(np.asarray, initial_core_state))
 
 
-class LearnerLease(worker.Worker):
+class LearnerLease(threads.Worker):
   """Holds the store's learner key: one learner per key prefix, renewed in the background.
 
   `acquire` waits up to `wait_seconds` for a previous holder's lease to run out (a learner

@@ -66,12 +66,14 @@ import numpy as np
 
 from impala_jax.envs import custom_copies
 from impala_jax.envs import custom_workers
+from impala_jax.envs import family as family_lib
 from impala_jax.envs import specs
 from impala_jax.envs import value_checks
 from impala_jax.envs.specs import EnvSpec
 
 Factory = custom_copies.Factory
 load_factory = custom_copies.load_factory
+
 
 def env_spec_of(conversion: custom_copies.Conversion,
                 max_episode_steps: Optional[int] = None) -> EnvSpec:
@@ -91,7 +93,7 @@ def env_spec_of(conversion: custom_copies.Conversion,
       action_high=conversion.action_high,
       # What `to_env_action` hands the pool; each copy converts to its environment's dtype.
       action_dtype=np.dtype(np.int32 if conversion.discrete else np.float32),
-      is_atari=False,
+      family=family_lib.EnvFamily.CUSTOM,
       ranges=ranges)
 
 
@@ -149,12 +151,12 @@ class CustomEnvPool:
     self.batch_size = batch_size
     self._name = factory if isinstance(factory, str) else custom_copies.name_of(factory)
     self.num_workers = num_workers
-    self._workers: List[custom_workers.Worker] = []
+    self._workers: List[custom_workers.WorkerProcess] = []
     self._copies: Optional[custom_copies.Copies] = None
     # Copies whose result is in the buffers and not yet returned by recv(), oldest first.
     self._ready: "collections.deque[int]" = collections.deque()
     # Commands sent to workers and not yet answered, oldest first: (worker, env ids).
-    self._in_flight: "collections.deque[Tuple[custom_workers.Worker, np.ndarray]]" = (
+    self._in_flight: "collections.deque[Tuple[custom_workers.WorkerProcess, np.ndarray]]" = (
         collections.deque())
     # Which copies wait for an action (their last result was returned by recv or reset).
     self._waiting = np.zeros(num_envs, bool)
@@ -179,7 +181,7 @@ class CustomEnvPool:
       self._buffers = custom_copies.Buffers(layout, num_envs, path)
       bounds = np.linspace(0, num_envs, num_workers + 1).round().astype(int)
       for k in range(num_workers):
-        self._workers.append(custom_workers.Worker(k, dict(
+        self._workers.append(custom_workers.WorkerProcess(k, dict(
             factory=factory, env_ids=(int(bounds[k]), int(bounds[k + 1])), seed=seed,
             max_episode_steps=max_episode_steps, layout=layout, num_envs=num_envs,
             path=path)))

@@ -22,21 +22,25 @@ _POLL_SECONDS = 1.0
 _CLOSE_SECONDS = 10.0
 
 
-
-# A worker process loads `custom_copies` by its path, as a module of its own: importing it
-# through the package would import all of impala_jax, and JAX with it. It first puts the
-# pool's sys.path in front, so it finds the factory's module where the pool did.
+# A worker process loads the `custom_copies` package by its path, as a package of its own:
+# importing it through `impala_jax` would import all of impala_jax, and JAX with it. Its
+# modules import each other by relative names, found through the package's `__path__` once it
+# is in `sys.modules`. It first puts the pool's sys.path in front, so it finds the factory's
+# module where the pool did.
 _WORKER_CODE = """
-import importlib.util, json, sys
+import importlib.util, json, os, sys
 sys.path[:0] = json.loads(sys.argv[1])
-spec = importlib.util.spec_from_file_location("_impala_jax_custom_copies", sys.argv[2])
+spec = importlib.util.spec_from_file_location(
+    "_impala_jax_custom_copies", sys.argv[2],
+    submodule_search_locations=[os.path.dirname(sys.argv[2])])
 module = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = module
 spec.loader.exec_module(module)
 module.worker_process(int(sys.argv[3]))
 """
 
 
-class Worker:
+class WorkerProcess:
   """One worker process (`custom_copies.worker_process`) and its socket; answers in order."""
 
   def __init__(self, index: int, init: dict):

@@ -26,61 +26,12 @@ So the learner trains on life-loss episodes and clipped rewards, while `EpisodeT
 the game's own score over whole games, as the paper's figures do.
 """
 
-import difflib
-import functools
-from typing import Any, Dict, Tuple
+from typing import Any, Dict
 
 import envpool
 
 from impala_jax.config import EnvConfig
-
-
-# Class name of EnvPool's Atari spec (also read by `specs`). Atari is detected through the
-# spec's class rather than the task id's spelling: ids such as "Pong-v5" carry no family marker.
-ATARI_SPEC_CLASS = "AtariEnvSpec"
-
-# How many close matches an unknown task id error lists.
-_NUM_SUGGESTIONS = 5
-
-
-@functools.lru_cache(maxsize=None)
-def _all_env_ids() -> Tuple[str, ...]:
-  return tuple(envpool.list_all_envs())
-
-
-def _check_env_id(env_id: str) -> None:
-  """Raises a ValueError naming `env_id` and its closest registered tasks if it is unknown."""
-  if not isinstance(env_id, str):
-    raise TypeError(f"env_id must be a str, got {type(env_id).__name__}: {env_id!r}.")
-  all_ids = _all_env_ids()
-  if env_id in all_ids:
-    return
-  matches = difflib.get_close_matches(env_id, all_ids, n=_NUM_SUGGESTIONS)
-  if not matches:
-    # Case slips ("pong-v5") fall below difflib's cutoff on short ids; retry without case.
-    lower_to_id = {task.lower(): task for task in all_ids}
-    matches = [lower_to_id[task] for task in difflib.get_close_matches(
-        env_id.lower(), list(lower_to_id), n=_NUM_SUGGESTIONS)]
-  if matches:
-    hint = f"Did you mean: {', '.join(matches)}?"
-  else:
-    hint = f"envpool.list_all_envs() lists the {len(all_ids)} registered tasks."
-  raise ValueError(f"Unknown EnvPool task {env_id!r}. {hint}")
-
-
-@functools.lru_cache(maxsize=None)
-def is_atari(env_id: str) -> bool:
-  """Whether `env_id` is one of EnvPool's Atari tasks (judged by its spec class).
-
-  A custom environment (`module.path:factory`, see `envs.custom`) is not Atari.
-
-  Raises:
-    ValueError: `env_id` is not an EnvPool task.
-  """
-  if custom_id(env_id):
-    return False
-  _check_env_id(env_id)
-  return type(envpool.make_spec(env_id)).__name__ == ATARI_SPEC_CLASS
+from impala_jax.envs import family as family_lib
 
 
 def _check_atari_settings(config: EnvConfig) -> None:
@@ -108,7 +59,7 @@ def envpool_kwargs(config: EnvConfig) -> Dict[str, Any]:
   """
   if not isinstance(config, EnvConfig):
     raise TypeError(f"Expected an EnvConfig, got {type(config).__name__}.")
-  _check_env_id(config.env_id)
+  family_lib.check_env_id(config.env_id)
   kwargs = dict(
       num_envs=config.num_envs,
       batch_size=config.recv_batch_size,
@@ -122,7 +73,7 @@ def envpool_kwargs(config: EnvConfig) -> Dict[str, Any]:
     kwargs["max_episode_steps"] = config.max_episode_steps
   # Only Atari specs know these keys: EnvPool rejects unknown keyword arguments (TypeError),
   # so passing them to CartPole or MuJoCo would fail.
-  if is_atari(config.env_id):
+  if family_lib.env_family(config.env_id) is family_lib.EnvFamily.ATARI:
     _check_atari_settings(config)
     kwargs.update(
         episodic_life=config.episodic_life,
@@ -140,43 +91,13 @@ def envpool_kwargs(config: EnvConfig) -> Dict[str, Any]:
   return kwargs
 
 
-def make_env(config: EnvConfig) -> Any:
+def make(config: EnvConfig, render: bool = False) -> Any:
   """Builds the gymnasium-API EnvPool environment described by `config`.
 
-  An id `module.path:factory` builds a `custom.CustomEnvPool` of that factory's environments
-  instead (same API and semantics; `config.num_threads` is its number of worker processes,
-  0 for none; the Atari settings do not apply).
-
-  Atari tasks get the paper's settings from `config` (episodic life, reward clipping, up to 30
-  no-ops at reset, stack of 4, action repeat 4, 84×84 grayscale); other tasks get only the
-  generic settings. The pool is asynchronous when `config.recv_batch_size < config.num_envs`:
-  drive it with `async_reset()`, `recv()` and `send(actions, env_ids)`.
-
-  Args:
-    config: the environment configuration.
-
-  Returns:
-    The EnvPool environment (its `spec` is an EnvPool spec, see `env_spec`).
-
-  Raises:
-    ValueError: unknown task id (the message lists close matches), or bad Atari settings.
-    TypeError: `config` is not an `EnvConfig`.
+  `envs.make_env` is the entry point for every family (its docstring has the details). With
+  `render`, the environment's `render()` returns RGB frames (for videos).
   """
-  if isinstance(config, EnvConfig) and custom_id(config.env_id):
-    return _make_custom_env(config)
   kwargs = envpool_kwargs(config)
+  if render:
+    kwargs["render_mode"] = "rgb_array"
   return envpool.make(config.env_id, env_type="gymnasium", **kwargs)
-
-
-def custom_id(env_id: Any) -> bool:
-  """Whether `env_id` names an environment factory, `module.path:factory` (`envs.custom`)."""
-  return isinstance(env_id, str) and ":" in env_id
-
-
-def _make_custom_env(config: EnvConfig) -> Any:
-  # Imported here: `custom` imports `specs`, which imports this module.
-  from impala_jax.envs import custom  # pylint: disable=g-import-not-at-top
-  return custom.CustomEnvPool(
-      config.env_id, num_envs=config.num_envs, batch_size=config.recv_batch_size,
-      seed=config.seed, max_episode_steps=config.max_episode_steps,
-      num_workers=config.num_threads)

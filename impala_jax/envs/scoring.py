@@ -9,6 +9,7 @@ from typing import Any, List, Mapping
 
 import numpy as np
 
+from impala_jax.envs import family as family_lib
 from impala_jax.types import EpisodeStats
 
 
@@ -33,11 +34,19 @@ class EpisodeTracker:
   the environments that finished.
   """
 
-  def __init__(self, num_envs: int, is_atari: bool):  # pylint: disable=redefined-outer-name
+  def __init__(self, num_envs: int, family: family_lib.EnvFamily):
+    """Args:
+      num_envs: environments of the pool.
+      family: the environments' family (`EnvSpec.family`): Atari games are scored from its
+        info (above).
+    """
     if num_envs < 1:
       raise ValueError(f"num_envs must be >= 1, got {num_envs}.")
+    if not isinstance(family, family_lib.EnvFamily):
+      raise TypeError(f"family must be an EnvFamily, got {family!r}.")
     self._num_envs = int(num_envs)
-    self._is_atari = bool(is_atari)
+    self._family = family
+    self._atari = family is family_lib.EnvFamily.ATARI
     # float64: sums of thousands of rewards must not lose precision.
     self._returns = np.zeros(self._num_envs, np.float64)
     self._all_envs = np.arange(self._num_envs)
@@ -87,14 +96,14 @@ class EpisodeTracker:
       # Duplicates would silently drop rewards in the fancy-indexed `+=` below.
       if np.bincount(env_ids, minlength=self._num_envs).max() > 1:
         raise ValueError(f"env_ids must be distinct within a batch, got {env_ids}.")
-    if self._is_atari:
+    if self._atari:
       missing = [key for key in ("reward", "terminated", "elapsed_step") if key not in info]
     else:
       missing = [key for key in ("elapsed_step",) if key not in info]
     if missing:
-      raise ValueError(f"info lacks {missing}; EpisodeTracker(is_atari={self._is_atari}) "
+      raise ValueError(f"info lacks {missing}; EpisodeTracker(family={self._family}) "
                        "needs EnvPool's info dict.")
-    if self._is_atari:
+    if self._atari:
       score = np.asarray(info["reward"])
       ended = np.asarray(info["terminated"]).astype(bool) | np.asarray(truncated, bool)
     else:

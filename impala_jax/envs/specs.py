@@ -2,13 +2,11 @@
 
 import dataclasses
 import math
-from typing import Any, NamedTuple, Optional, Tuple, Union
+from typing import Any, NamedTuple, Optional, Tuple
 
-import envpool
 import numpy as np
 
-from impala_jax.config import EnvConfig
-from impala_jax.envs import envpool_envs
+from impala_jax.envs import family as family_lib
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -73,7 +71,7 @@ class EnvSpec(NamedTuple):
     action_low: `[action_dim]` lower bounds (float32, read-only); None when discrete.
     action_high: `[action_dim]` upper bounds (float32, read-only); None when discrete.
     action_dtype: numpy dtype EnvPool expects for actions (int32, float32 or float64).
-    is_atari: whether the task is an EnvPool Atari task (see `EpisodeTracker`).
+    family: Atari, another EnvPool task, or your own environment (`envs.family`).
     ranges: what the environment declares about its values (`DeclaredRanges`).
   """
 
@@ -85,7 +83,7 @@ class EnvSpec(NamedTuple):
   action_low: Optional[np.ndarray]
   action_high: Optional[np.ndarray]
   action_dtype: np.dtype
-  is_atari: bool
+  family: family_lib.EnvFamily
   ranges: DeclaredRanges = DeclaredRanges()
 
 
@@ -95,8 +93,12 @@ def _read_only(array: Any) -> np.ndarray:
   return array
 
 
-def _spec_from_envpool(pool_spec: Any) -> EnvSpec:
-  """Reads an `EnvSpec` from an EnvPool spec (gymnasium spaces plus array specs)."""
+def spec_from_envpool(pool_spec: Any) -> EnvSpec:
+  """Reads an `EnvSpec` from an EnvPool spec (gymnasium spaces plus array specs).
+
+  Raises:
+    ValueError: observation/action spaces this package does not handle.
+  """
   observation_space = pool_spec.observation_space
   action_space = pool_spec.action_space
   if not (hasattr(observation_space, "shape") and observation_space.shape is not None and
@@ -107,8 +109,8 @@ def _spec_from_envpool(pool_spec: Any) -> EnvSpec:
   # Discrete says int64, EnvPool stores int32).
   action_array_spec = getattr(pool_spec, "action_array_spec", {}).get("action")
   space_name = type(action_space).__name__
-  is_atari = type(pool_spec).__name__ == envpool_envs.ATARI_SPEC_CLASS
-  ranges = _envpool_ranges(pool_spec, observation_space, is_atari)
+  family = family_lib.env_family(pool_spec)
+  ranges = _envpool_ranges(pool_spec, observation_space, family)
   if space_name == "Discrete":
     return EnvSpec(
         observation_shape=tuple(observation_space.shape),
@@ -119,7 +121,7 @@ def _spec_from_envpool(pool_spec: Any) -> EnvSpec:
         action_low=None,
         action_high=None,
         action_dtype=np.dtype(action_array_spec.dtype if action_array_spec else np.int32),
-        is_atari=is_atari,
+        family=family,
         ranges=ranges,
     )
   if space_name == "Box" and len(action_space.shape) == 1:
@@ -133,56 +135,24 @@ def _spec_from_envpool(pool_spec: Any) -> EnvSpec:
         action_high=_read_only(action_space.high),
         action_dtype=np.dtype(action_array_spec.dtype if action_array_spec
                               else action_space.dtype),
-        is_atari=False,
+        family=family,
         ranges=ranges,
     )
   raise ValueError(f"Only Discrete and 1-D Box action spaces are supported, got {action_space}.")
 
 
-def _envpool_ranges(pool_spec: Any, observation_space: Any, is_atari: bool) -> DeclaredRanges:
+def _envpool_ranges(pool_spec: Any, observation_space: Any,
+                    family: family_lib.EnvFamily) -> DeclaredRanges:
   config = getattr(pool_spec, "config", None)
   low, high = observation_bounds(getattr(observation_space, "low", None),
                                  getattr(observation_space, "high", None),
                                  observation_space.dtype)
-  clipped = is_atari and bool(getattr(config, "reward_clip", False))
+  clipped = family is family_lib.EnvFamily.ATARI and bool(getattr(config, "reward_clip", False))
   max_steps = getattr(config, "max_episode_steps", None)
   return DeclaredRanges(observation_low=low, observation_high=high,
                         reward_low=-1.0 if clipped else -math.inf,
                         reward_high=1.0 if clipped else math.inf,
                         max_episode_steps=int(max_steps) if max_steps else None)
-
-
-def env_spec(env_or_config: Union[EnvConfig, Any]) -> EnvSpec:
-  """The `EnvSpec` of an `EnvConfig`, a built EnvPool environment, or an EnvPool spec.
-
-  From a config, the spec is built with the same settings `make_env` uses (so `stack_num`
-  shows in `observation_shape`) without starting any environment. A custom environment
-  (`module.path:factory`, see `envs.custom`) is read from one copy built and closed again;
-  a built `custom.CustomEnvPool` (or an `EnvSpec`) gives its own.
-
-  Raises:
-    ValueError: unknown task id, or observation/action spaces this package does not handle.
-    TypeError: the argument is none of the accepted kinds.
-  """
-  if isinstance(env_or_config, EnvSpec):
-    return env_or_config
-  if isinstance(getattr(env_or_config, "spec", None), EnvSpec):  # A custom.CustomEnvPool.
-    return env_or_config.spec
-  if isinstance(env_or_config, EnvConfig) and envpool_envs.custom_id(env_or_config.env_id):
-    from impala_jax.envs import custom  # pylint: disable=g-import-not-at-top
-    spec = custom.spec_of(env_or_config.env_id, env_or_config.seed)
-    return custom.with_time_limit(spec, env_or_config.max_episode_steps)
-  if isinstance(env_or_config, EnvConfig):
-    pool_spec = envpool.make_spec(env_or_config.env_id,
-                                  **envpool_envs.envpool_kwargs(env_or_config))
-  elif hasattr(env_or_config, "action_array_spec"):
-    pool_spec = env_or_config
-  elif hasattr(getattr(env_or_config, "spec", None), "action_array_spec"):
-    pool_spec = env_or_config.spec
-  else:
-    raise TypeError("env_spec expects an EnvConfig, an EnvPool environment, an EnvPool spec "
-                    f"or a custom environment pool, got {type(env_or_config).__name__}.")
-  return _spec_from_envpool(pool_spec)
 
 
 def to_env_action(actions: Any, spec: EnvSpec) -> np.ndarray:

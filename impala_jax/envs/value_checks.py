@@ -26,6 +26,7 @@ import numpy as np
 
 from impala_jax import config as config_lib
 from impala_jax import types
+from impala_jax.envs import family as family_lib
 from impala_jax.envs import specs
 
 # The behaviour policy's log-probability of the action it sampled, per action dimension. An
@@ -95,7 +96,8 @@ class ValueChecker:
     self._reward = (max(declared.reward_low, -max_abs_reward),
                     min(declared.reward_high, max_abs_reward))
     # A game's own reward per step (the score's): Atari's is unclipped, bounded by the limit.
-    self._game_reward = (-max_abs_reward, max_abs_reward) if spec.is_atari else self._reward
+    atari = spec.family is family_lib.EnvFamily.ATARI
+    self._game_reward = (-max_abs_reward, max_abs_reward) if atari else self._reward
     self._max_steps = declared.max_episode_steps
 
   def observations(self, observation, name: str = "observation") -> None:

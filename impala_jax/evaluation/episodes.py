@@ -23,7 +23,6 @@ import statistics
 import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
-import envpool
 import jax
 import numpy as np
 
@@ -31,7 +30,6 @@ from impala_jax import config as config_lib
 from impala_jax import envs
 from impala_jax import networks
 from impala_jax.envs import atari_scores
-from impala_jax.envs import envpool_envs
 
 # The paper's evaluation: a random number of no-ops (1 to 30) at the start of each game.
 EVAL_NOOP_MAX = 30
@@ -119,13 +117,13 @@ def play_episodes(network: networks.ImpalaNetwork, params: Any,
     raise ValueError(f"num_envs ({num_envs}) must be <= num_episodes ({num_episodes}): an "
                      "environment without a game to play would only cost time.")
   start = time.monotonic()
-  env = _make_env(env_config, render=on_frame is not None)
+  env = envs.make_env(env_config, render=on_frame is not None)
   try:
     spec = envs.env_spec(env)
     act = make_act_fn(network, greedy)
     quotas = _quotas(num_episodes, num_envs)
     played = np.zeros(num_envs, int)
-    tracker = envs.EpisodeTracker(num_envs, spec.is_atari)
+    tracker = envs.EpisodeTracker(num_envs, spec.family)
     episodes: List[Episode] = []
     key = jax.random.PRNGKey(seed)
     core_state = network.initial_state(num_envs)
@@ -166,16 +164,6 @@ def play_episodes(network: networks.ImpalaNetwork, params: Any,
     env.close()
   episodes.sort(key=lambda e: e.env_index)  # Stable: each environment's games stay in order.
   return EvaluationResult(episodes, recorded, agent_steps, time.monotonic() - start)
-
-
-def _make_env(env_config: config_lib.EnvConfig, render: bool) -> Any:
-  if envpool_envs.custom_id(env_config.env_id):
-    # A custom environment renders through its own render() (envs.custom).
-    return envs.make_env(env_config)
-  kwargs = envpool_envs.envpool_kwargs(env_config)
-  if render:
-    kwargs["render_mode"] = "rgb_array"
-  return envpool.make(env_config.env_id, env_type="gymnasium", **kwargs)
 
 
 def _render(env) -> np.ndarray:

@@ -1,5 +1,5 @@
-"""The training run: thread ownership, the learner loop, checkpoints and metrics.
+"""The training run: the learner loop, checkpoints, metrics, and the threads it owns.
 
-Submodules are imported where used (`from impala_jax.runtime import training`): `worker` is a
-dependency of the acting components, which `training` itself imports.
+Submodules are imported where used (`from impala_jax.runtime import training`). The thread
+owner they share with the acting and distributed components is `impala_jax.threads`.
 """

@@ -18,10 +18,10 @@ from absl import logging
 import jax
 
 from impala_jax import stage_clock
+from impala_jax import threads
 from impala_jax import types
 from impala_jax.acting import batch_assembler
 from impala_jax.envs import value_checks
-from impala_jax.runtime import worker
 
 _POLL_SECONDS = 0.1
 _WAITING_LOG_SECONDS = 30.0
@@ -45,13 +45,13 @@ class AssemblerSource:
   Args:
     assembler: where actors (and env hosts) hand over complete unrolls.
     stop_requested: returns True once the run should stop (checked every poll).
-    workers: the threads that feed it; a dead one raises (`worker.raise_if_failed`).
+    workers: the threads that feed it; a dead one raises (`threads.raise_if_failed`).
     max_wait_seconds: raise when no unroll has arrived for this long.
     describe_sources: what feeds it, for the waiting and timeout messages.
   """
 
   def __init__(self, assembler: batch_assembler.BatchAssembler,
-               stop_requested: Callable[[], bool], workers: Iterable[worker.Worker],
+               stop_requested: Callable[[], bool], workers: Iterable[threads.Worker],
                max_wait_seconds: float = 600.0,
                describe_sources: Callable[[], str] = lambda: "no source described"):
     self._assembler = assembler
@@ -70,7 +70,7 @@ class AssemblerSource:
         batch = self._assembler.get(timeout=_POLL_SECONDS)
         if batch is not None:
           return batch
-        worker.raise_if_failed(self._workers)
+        threads.raise_if_failed(self._workers)
         now = time.perf_counter()
         if self._assembler.queued_unrolls() != queued:  # Unrolls still arrive.
           queued, last_progress = self._assembler.queued_unrolls(), now

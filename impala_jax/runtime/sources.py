@@ -23,6 +23,7 @@ import numpy as np
 
 from impala_jax import config as config_lib
 from impala_jax import envs
+from impala_jax import threads
 from impala_jax import types
 from impala_jax.acting import actor as actor_lib
 from impala_jax.acting import batch_assembler
@@ -35,7 +36,6 @@ from impala_jax.distributed import violations
 from impala_jax.envs import value_checks
 from impala_jax.runtime import learner_loop
 from impala_jax.runtime import telemetry
-from impala_jax.runtime import worker
 
 
 class Acting(NamedTuple):
@@ -130,7 +130,7 @@ def local_acting(config: config_lib.TrainConfig, spec: envs.EnvSpec, network: An
     for actor in actors:
       actor.start()
     # Actors stop before the server: one blocked in `act` still gets its answer.
-    stack.callback(worker.close_all, actors)
+    stack.callback(threads.close_all, actors)
 
   batches = learner_loop.AssemblerSource(
       assembler, stop.is_set, [server, *actors],

@@ -58,4 +58,4 @@ def test_every_one_of_the_57_games_is_an_envpool_task():
     assert env_id in all_ids, env_id
     assert atari_scores.game_name(env_id) == game
   for env_id in ("Pong-v5", "MontezumaRevenge-v5", "UpNDown-v5"):  # make_spec is slow-ish
-    assert envs.is_atari(env_id)
+    assert envs.env_family(env_id) is envs.EnvFamily.ATARI

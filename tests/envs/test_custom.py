@@ -182,7 +182,7 @@ def test_reset_and_step_are_the_synchronous_api_and_close_closes_every_copy():
 
 def test_episode_tracker_scores_the_adapter_like_envpool():
   """What the actor does with the results: real returns and lengths of whole episodes."""
-  tracker = envs.EpisodeTracker(2, is_atari=False)
+  tracker = envs.EpisodeTracker(2, envs.EnvFamily.CUSTOM)
   finished = []
   with _pool("make_scripted") as pool:
     pool.async_reset()
@@ -254,18 +254,19 @@ def test_corridor_returns_of_the_best_and_a_cut_off_path():
 
 
 # ------------------------------------------------------------------------------------------
-# Wiring: make_env, env_spec, is_atari; specs of the supported spaces.
+# Wiring: make_env, env_spec, env_family; specs of the supported spaces.
 
 
-def test_make_env_env_spec_and_is_atari_dispatch_on_the_colon():
+def test_make_env_env_spec_and_env_family_dispatch_on_the_colon():
   config = EnvConfig(CORRIDOR, num_envs=3, seed=2)
   spec = envs.env_spec(config)
   # Its Box(0, 1) observations are what it declares (envs.value_checks holds it to them).
   declared = envs.DeclaredRanges(np.zeros(examples.LENGTH, np.float32),
                                  np.ones(examples.LENGTH, np.float32))
   assert spec == envs.EnvSpec((examples.LENGTH,), np.dtype(np.float32), True, 2, None, None,
-                              None, np.dtype(np.int32), False, declared)
-  assert not envs.is_atari(CORRIDOR)
+                              None, np.dtype(np.int32), envs.EnvFamily.CUSTOM,
+                              declared)
+  assert envs.env_family(CORRIDOR) is envs.EnvFamily.CUSTOM
   env = envs.make_env(config)
   try:
     assert isinstance(env, custom.CustomEnvPool)

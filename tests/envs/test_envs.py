@@ -34,20 +34,26 @@ def test_unknown_env_id_names_the_id_and_close_matches():
   with pytest.raises(ValueError, match="Pongg-v5"):
     envs.env_spec(EnvConfig(env_id="Pongg-v5"))
   with pytest.raises(ValueError, match="Pongg-v5"):
-    envs.is_atari("Pongg-v5")
+    envs.env_family("Pongg-v5")
   # A case slip still gets a suggestion.
   with pytest.raises(ValueError, match=r"Did you mean:.*\bCartPole-v1\b"):
-    envs.is_atari("cartpole-v1")
+    envs.env_family("cartpole-v1")
   # With nothing close, the message still names the id.
   with pytest.raises(ValueError, match="Unknown EnvPool task 'qqqqqqqqqqqq'"):
-    envs.is_atari("qqqqqqqqqqqq")
+    envs.env_family("qqqqqqqqqqqq")
 
 
-def test_is_atari_follows_the_spec_class():
-  assert envs.is_atari("Pong-v5")
-  assert envs.is_atari("Breakout-v5")
-  assert not envs.is_atari("CartPole-v1")
-  assert not envs.is_atari("HalfCheetah-v4")
+def test_env_family_follows_the_spec_class_and_the_colon():
+  assert envs.env_family("Pong-v5") is envs.EnvFamily.ATARI
+  assert envs.env_family("Breakout-v5") is envs.EnvFamily.ATARI
+  assert envs.env_family("CartPole-v1") is envs.EnvFamily.ENVPOOL
+  assert envs.env_family("HalfCheetah-v4") is envs.EnvFamily.ENVPOOL
+  assert envs.env_family("my_sim:make_env") is envs.EnvFamily.CUSTOM
+  # A built environment's spec says the same, from its class.
+  assert envs.env_family(envpool.make_spec("Pong-v5")) is envs.EnvFamily.ATARI
+  assert envs.env_family(envpool.make_spec("CartPole-v1")) is envs.EnvFamily.ENVPOOL
+  with pytest.raises(TypeError, match="env_id must be a str"):
+    envs.env_family(3)
 
 
 def test_make_env_rejects_a_non_config():
@@ -63,7 +69,7 @@ def test_pong_spec_and_paper_settings_reach_envpool():
   assert spec.discrete and spec.num_actions == 6
   assert spec.action_dim is None and spec.action_low is None and spec.action_high is None
   assert spec.action_dtype == np.int32
-  assert spec.is_atari
+  assert spec.family is envs.EnvFamily.ATARI
 
   env = envs.make_env(config)
   try:
@@ -178,7 +184,7 @@ def test_cartpole_spec():
   assert spec.discrete and spec.num_actions == 2
   assert spec.observation_shape == (4,)
   assert np.issubdtype(spec.observation_dtype, np.floating)
-  assert not spec.is_atari
+  assert spec.family is envs.EnvFamily.ENVPOOL
 
 
 def test_cartpole_time_limit_is_truncation_then_autoreset():
@@ -233,7 +239,7 @@ def test_halfcheetah_continuous_spec_and_clipped_actions():
   np.testing.assert_array_equal(spec.action_low, -np.ones(6))
   np.testing.assert_array_equal(spec.action_high, np.ones(6))
   assert spec.observation_shape == (17,)
-  assert not spec.is_atari
+  assert spec.family is envs.EnvFamily.ENVPOOL
 
   policy_actions = np.array([[2.0, -3.0, 0.5, -0.25, 1.0, -1.0],
                              [0.0, 0.1, -7.0, 9.0, 0.0, 0.0]], np.float32)
@@ -255,7 +261,7 @@ def _discrete_spec(num_actions=6):
   return envs.EnvSpec(observation_shape=(4,), observation_dtype=np.dtype(np.float32),
                       discrete=True, num_actions=num_actions, action_dim=None,
                       action_low=None, action_high=None, action_dtype=np.dtype(np.int32),
-                      is_atari=False)
+                      family=envs.EnvFamily.ENVPOOL)
 
 
 def _continuous_spec():
@@ -263,7 +269,8 @@ def _continuous_spec():
                       discrete=False, num_actions=None, action_dim=2,
                       action_low=np.array([-2.0, 0.0], np.float32),
                       action_high=np.array([2.0, 1.0], np.float32),
-                      action_dtype=np.dtype(np.float32), is_atari=False)
+                      action_dtype=np.dtype(np.float32),
+                      family=envs.EnvFamily.ENVPOOL)
 
 
 def test_to_env_action_discrete():
@@ -311,7 +318,7 @@ def _update(tracker, env_ids, reward, terminated, truncated, info):
 
 
 def test_tracker_async_subsets_synthetic():
-  tracker = envs.EpisodeTracker(num_envs=4, is_atari=False)
+  tracker = envs.EpisodeTracker(num_envs=4, family=envs.EnvFamily.ENVPOOL)
   assert _update(tracker, [0, 2], [1, 2], [0, 0], [0, 0], _info([1, 1])) == []
   # Env 3 ends after one step; env 1 goes on.
   assert _update(tracker, [1, 3], [5, 1], [0, 1], [0, 0], _info([1, 1])) == [
@@ -330,7 +337,7 @@ def test_tracker_async_subsets_synthetic():
 
 
 def test_tracker_atari_games_span_lives_synthetic():
-  tracker = envs.EpisodeTracker(num_envs=2, is_atari=True)
+  tracker = envs.EpisodeTracker(num_envs=2, family=envs.EnvFamily.ATARI)
   # Clipped training rewards differ from the game's; the game's are summed.
   assert _update(tracker, [0, 1], [1, 1], [0, 0], [0, 0],
                  _info([1, 1], reward=[30, 4], terminated=[0, 0])) == []
@@ -346,7 +353,7 @@ def test_tracker_atari_games_span_lives_synthetic():
 
 
 def test_tracker_rejects_bad_inputs():
-  tracker = envs.EpisodeTracker(num_envs=3, is_atari=False)
+  tracker = envs.EpisodeTracker(num_envs=3, family=envs.EnvFamily.ENVPOOL)
   with pytest.raises(ValueError, match="in \\[0, 3\\)"):
     _update(tracker, [0, 3], [0, 0], [0, 0], [0, 0], _info([1, 1]))
   with pytest.raises(ValueError, match="distinct"):
@@ -357,11 +364,13 @@ def test_tracker_rejects_bad_inputs():
     _update(tracker, [0], [0], [0], [0], {})
   with pytest.raises(ValueError, match="1-D integer"):
     tracker.update(np.array([0.0]), [0], [False], [False], _info([1]))
-  atari_tracker = envs.EpisodeTracker(num_envs=1, is_atari=True)
+  atari_tracker = envs.EpisodeTracker(num_envs=1, family=envs.EnvFamily.ATARI)
   with pytest.raises(ValueError, match="reward"):
     _update(atari_tracker, [0], [0], [0], [0], _info([1]))
   with pytest.raises(ValueError, match="num_envs"):
-    envs.EpisodeTracker(num_envs=0, is_atari=False)
+    envs.EpisodeTracker(num_envs=0, family=envs.EnvFamily.ENVPOOL)
+  with pytest.raises(TypeError, match="EnvFamily"):  # A bool, as it once took.
+    envs.EpisodeTracker(num_envs=1, family=True)
 
 
 # ------------------------------------------------------------------------------------------
@@ -374,7 +383,7 @@ def test_tracker_scores_whole_atari_games(env_id):
   config = EnvConfig(env_id=env_id, num_envs=num_envs, seed=1)
   spec = envs.env_spec(config)
   env = envs.make_env(config)
-  tracker = envs.EpisodeTracker(num_envs, is_atari=spec.is_atari)
+  tracker = envs.EpisodeTracker(num_envs, spec.family)
   rng = np.random.default_rng(1)
   # Independent bookkeeping, per env, of the game in progress.
   raw_sum = np.zeros(num_envs)
@@ -421,7 +430,7 @@ def test_tracker_cartpole_returns_equal_lengths():
   config = EnvConfig(env_id="CartPole-v1", num_envs=num_envs, max_episode_steps=25)
   spec = envs.env_spec(config)
   env = envs.make_env(config)
-  tracker = envs.EpisodeTracker(num_envs, is_atari=spec.is_atari)
+  tracker = envs.EpisodeTracker(num_envs, spec.family)
   rng = np.random.default_rng(2)
   episodes = []
   truncations = 0
@@ -447,7 +456,7 @@ def test_tracker_async_cartpole_env_id_subsets():
                      num_threads=2, seed=5)
   spec = envs.env_spec(config)
   env = envs.make_env(config)
-  tracker = envs.EpisodeTracker(num_envs, is_atari=spec.is_atari)
+  tracker = envs.EpisodeTracker(num_envs, spec.family)
   rng = np.random.default_rng(3)
   applied_steps = np.zeros(num_envs, np.int64)
   # The first recv after async_reset() is a reset observation, like an autoreset.

@@ -35,7 +35,7 @@ def test_procgen_spec_is_channel_first_uint8_and_discrete():
   spec = envs.env_spec(config)
   assert spec.observation_shape == (3, 64, 64) and spec.observation_dtype == np.uint8
   assert spec.discrete and spec.num_actions == 15
-  assert not spec.is_atari and not envs.is_atari(GAME)
+  assert spec.family is envs.EnvFamily.ENVPOOL is envs.env_family(GAME)
   env = envs.make_env(config)
   try:
     env.async_reset()

@@ -1,4 +1,7 @@
-"""The lifetime of one background thread, shared by the actors and the inference server.
+"""The lifetime of one background thread: the base of every thread owner in the package.
+
+The actors, the inference server and the hosts' pushers, pollers and watchdogs all derive from
+`Worker`, so this module sits on the package's ground floor and imports none of it.
 
 A `Worker` owns exactly one daemon thread: `start()` launches it, `close()` asks it to stop
 (`self._stop` is set; the loop must re-check it at least every ~0.1 s) and joins it. An
