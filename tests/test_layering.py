@@ -17,8 +17,10 @@ PACKAGE_DIR = pathlib.Path(__file__).resolve().parent.parent / PACKAGE
 # package's __init__.py) may import its own modules and any unit of a lower layer; units of
 # one layer do not import each other.
 LAYERS: Tuple[Tuple[str, ...], ...] = (
-    ("types", "stage_clock", "threads"),  # The ground floor: imports nothing of the package.
+    # The ground floor: imports nothing of the package.
+    ("types", "stage_clock", "threads", "config_checks"),
     ("rl",),  # Pure math.
+    ("config_scale_out",),  # The scale-out designs' settings, re-exported by config.
     ("config",),
     ("envs", "networks"),
     ("learning", "acting"),
