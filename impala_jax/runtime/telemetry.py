@@ -21,6 +21,7 @@ import numpy as np
 import psutil
 import tqdm
 
+from impala_jax import queues
 from impala_jax import stage_clock
 from impala_jax import types
 from impala_jax.runtime import metrics as metrics_lib
@@ -75,15 +76,6 @@ class PhaseTimer:
         for k, (v, threads) in now.items()}
     self._last = now
     return fractions
-
-
-def drain(episodes: "queue.SimpleQueue[types.EpisodeStats]") -> List[types.EpisodeStats]:
-  finished = []
-  while True:
-    try:
-      finished.append(episodes.get_nowait())
-    except queue.Empty:
-      return finished
 
 
 class Telemetry:
@@ -179,7 +171,7 @@ class Telemetry:
   def _write_row(self, env_steps: int) -> None:
     window = self._window
     self._window = _Window(env_steps)
-    finished = drain(self._episodes)
+    finished = queues.drain(self._episodes)
     self.episode_returns.extend(e.episode_return for e in finished)
     self._scores.add(finished)
     self._score = self._scores.recent()
