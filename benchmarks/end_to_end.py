@@ -1,28 +1,22 @@
 """e2e: the real training system (`runtime.TrainingRun`) for one network.
 
 Env steps/s after warm-up, where the time goes (the `time_*` columns of metrics.csv), and the
-process's RSS and its growth (`memory`), all read from the run's metrics.csv.
+process's RSS and its growth (`memory`), all read from the run's metrics.csv
+(`runtime.metrics.read_csv`).
 """
 
-import csv
 import os
 import threading
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from benchmarks import memory
 from benchmarks import synthetic
 from impala_jax import config as config_lib
+from impala_jax.runtime import metrics as metrics_lib
 from impala_jax.runtime import training as runtime
 
 Row = Mapping[str, Optional[float]]
-
-
-def read_metrics_csv(path: str) -> List[Dict[str, Optional[float]]]:
-  """The rows of a metrics.csv as floats (None for an empty cell)."""
-  with open(path, newline="") as f:
-    return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
-            for row in csv.DictReader(f)]
 
 
 def _first_row_at(rows: Sequence[Mapping[str, Any]], seconds: float) -> Optional[int]:
@@ -62,7 +56,7 @@ def summarize_metrics(rows: Sequence[Row], warmup_seconds: float, memory_from_se
   span's first, weighted by interval length.
 
   Args:
-    rows: metrics.csv rows with floats (`read_metrics_csv`); at least `env_steps`,
+    rows: metrics.csv rows with floats (`metrics.read_csv`); at least `env_steps`,
       `wall_seconds` and `rss_mb`.
     warmup_seconds: where the measured span starts, on the clock of the rows' `wall_seconds`.
     memory_from_seconds: RSS growth runs from the first row at or after this (same clock) to
@@ -153,7 +147,7 @@ def measure_end_to_end(config: config_lib.TrainConfig, warmup_seconds: float,
     raise TimeoutError(
         f"No metrics row within {first_row_deadline_seconds:.0f} s of the run's start (set-up, "
         "compilation and the first batch took longer); raise --first_row_deadline_seconds.")
-  rows = read_metrics_csv(csv_path)
+  rows = metrics_lib.read_csv(csv_path)
   first_row_seconds = rows[0]["wall_seconds"] if rows else 0.0
   span_start = first_row_seconds + warmup_seconds
   result = summarize_metrics(

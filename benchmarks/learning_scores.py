@@ -1,18 +1,22 @@
 """Scores of a training run from its episodes.csv: the curve, the first crossing, the summary.
 
-A run's score after its k-th finished game is the mean real score of games k−19..k (the last
-20; fewer at the very start), the number the progress bar shows. Games are recorded at metrics
-rows, several to a row; a run's score at a row is the mean after the row's last game, so the
-curve, the logged score and the threshold agree. A threshold counts as reached at the first row
-whose score is ≥ the threshold, once 20 games have finished.
+A run's score after its k-th finished game is the mean real score of its last 20 games (fewer at
+the very start): `runtime.scores.rolling_means`, the number the run itself logs. Games are
+recorded at metrics rows, several to a row; a run's score at a row is the score after the row's
+last game (`runtime.scores.row_ends`), so the curve, the logged score and the threshold agree. A
+threshold counts as reached at the first row whose score is ≥ the threshold, once 20 games have
+finished.
 """
 
-import csv
 import os
 import statistics
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional
 
-GAMES = 20
+from impala_jax.runtime import metrics as metrics_lib
+from impala_jax.runtime import scores as scores_lib
+from impala_jax.runtime import telemetry
+
+GAMES = telemetry.RECENT_EPISODES
 
 
 class Episode(NamedTuple):
@@ -22,36 +26,21 @@ class Episode(NamedTuple):
 
 
 def read_episodes(logdir: str) -> List[Episode]:
-  path = os.path.join(logdir, "episodes.csv")
-  if not os.path.exists(path):
-    return []
-  with open(path, newline="") as f:
-    return [Episode(int(r["env_steps"]), float(r["wall_seconds"]), float(r["episode_return"]))
-            for r in csv.DictReader(f)]
+  rows = metrics_lib.read_csv(os.path.join(logdir, "episodes.csv"))
+  return [Episode(int(r["env_steps"]), r["wall_seconds"], r["episode_return"]) for r in rows]
 
 
-def rolling_scores(episodes: List[Episode], games: int = GAMES) -> List[float]:
-  """The mean score of the last `games` games after each game."""
-  scores, total = [], 0.0
-  for i, e in enumerate(episodes):
-    total += e.episode_return
-    if i >= games:
-      total -= episodes[i - games].episode_return
-    scores.append(total / min(i + 1, games))
-  return scores
-
-
-def row_ends(episodes: List[Episode]) -> List[int]:
-  """Indices of the last game recorded at each metrics row (each distinct `env_steps`)."""
-  return [i for i in range(len(episodes))
-          if i + 1 == len(episodes) or episodes[i + 1].env_steps != episodes[i].env_steps]
+def _scores_and_row_ends(episodes: List[Episode], games: int):
+  """The score after each game, and the index of each metrics row's last game."""
+  return (scores_lib.rolling_means([e.episode_return for e in episodes], games),
+          scores_lib.row_ends([e.env_steps for e in episodes]))
 
 
 def first_crossing(episodes: List[Episode], threshold: float,
                    games: int = GAMES) -> Optional[Episode]:
   """The last game of the first row whose last-`games` mean reaches `threshold` (or None)."""
-  scores = rolling_scores(episodes, games)
-  for i in row_ends(episodes):
+  scores, row_ends = _scores_and_row_ends(episodes, games)
+  for i in row_ends:
     if i + 1 >= games and scores[i] >= threshold:
       return episodes[i]
   return None
@@ -59,29 +48,26 @@ def first_crossing(episodes: List[Episode], threshold: float,
 
 def _steps_per_second(logdir: str) -> Optional[float]:
   """Agent steps per second over the run, from metrics.csv's first and last rows."""
-  path = os.path.join(logdir, "metrics.csv")
-  if not os.path.exists(path):
-    return None
-  with open(path, newline="") as f:
-    rows = list(csv.DictReader(f))
+  rows = metrics_lib.read_csv(os.path.join(logdir, "metrics.csv"))
   if len(rows) < 2:
     return None
   first, last = rows[0], rows[-1]
-  seconds = float(last["wall_seconds"]) - float(first["wall_seconds"])
-  return (int(last["env_steps"]) - int(first["env_steps"])) / seconds if seconds > 0 else None
+  seconds = last["wall_seconds"] - first["wall_seconds"]
+  return (last["env_steps"] - first["env_steps"]) / seconds if seconds > 0 else None
 
 
 def summarize_run(logdir: str, threshold: float) -> Dict[str, Any]:
   """Steps and seconds to `threshold`, the final score and throughput, and the curve."""
   episodes = read_episodes(logdir)
-  scores = rolling_scores(episodes)
+  scores, row_ends = _scores_and_row_ends(episodes, GAMES)
+  scores = scores.tolist()
   crossing = first_crossing(episodes, threshold)
   return dict(
       games=len(episodes),
       steps_to_threshold=crossing.env_steps if crossing else None,
       seconds_to_threshold=crossing.wall_seconds if crossing else None,
       final_score=scores[-1] if scores else None,
-      best_score=max((scores[i] for i in row_ends(episodes) if i + 1 >= GAMES), default=None),
+      best_score=max((scores[i] for i in row_ends if i + 1 >= GAMES), default=None),
       final_env_steps=episodes[-1].env_steps if episodes else 0,
       final_wall_seconds=episodes[-1].wall_seconds if episodes else 0.0,
       steps_per_second=_steps_per_second(logdir),

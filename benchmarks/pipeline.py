@@ -23,6 +23,7 @@ and `other`: the process's CPU not inside those stages (XLA's threads, the garba
 """
 
 import contextlib
+import dataclasses
 import os
 import queue
 import threading
@@ -206,9 +207,9 @@ def measure_pipeline(config: config_lib.TrainConfig, warmup_seconds: float,
   clocks = [("learner", learner.clock, 1)] + acting.phases
   threads = {role: count for role, _, count in clocks}
   loop = learner_loop.LearnerLoop(
+      dataclasses.replace(config, total_env_steps=2**62),  # Stopped by the timer, not a budget.
       batches=acting.batches, learner=learner, publish=acting.publish,
-      telemetry=_StepCounter(), checkpoints=checkpoint_lib.NoCheckpoints(),
-      steps_per_update=config.steps_per_update, total_env_steps=2**62)
+      telemetry=_StepCounter(), checkpoints=checkpoint_lib.NoCheckpoints())
   snapshots: List[_Snapshot] = []
 
   gauges: Dict[str, Any] = {}

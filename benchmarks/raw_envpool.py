@@ -3,7 +3,6 @@
 The end-to-end speed is reported as a fraction of this (`report.ratios`).
 """
 
-import dataclasses
 import threading
 import time
 from typing import Any, Dict, List
@@ -13,6 +12,7 @@ import numpy as np
 from benchmarks import synthetic
 from impala_jax import config as config_lib
 from impala_jax import envs
+from impala_jax.acting import actor as actor_lib
 
 # How often the main thread checks that the workers are alive.
 _POLL_SECONDS = 0.1
@@ -30,7 +30,8 @@ def measure_raw_envpool(config: config_lib.TrainConfig, warmup_seconds: float,
     env_steps_per_second and frames_per_second over `window_seconds`, counted after all pools
     have started and `warmup_seconds` have passed.
   """
-  num_pools = config.num_actor_threads
+  env_configs = actor_lib.env_configs(config, update_step=0)  # The actors' own pools.
+  num_pools = len(env_configs)
   spec = envs.env_spec(config.env)
   steps = [0] * num_pools  # Each worker increments only its own slot.
   errors: List[BaseException] = []
@@ -38,7 +39,8 @@ def measure_raw_envpool(config: config_lib.TrainConfig, warmup_seconds: float,
   # All pools built before the clock starts (building a pool loads ROMs and spawns threads).
   started = threading.Barrier(num_pools + 1)
   threads = [threading.Thread(target=_step_pool, name=f"raw-envpool-{i}", daemon=True,
-                              args=(config, spec, i, steps, errors, stop, started))
+                              args=(env_configs[i], config.seed, spec, i, steps, errors, stop,
+                                    started))
              for i in range(num_pools)]
   for thread in threads:
     thread.start()
@@ -67,16 +69,15 @@ def measure_raw_envpool(config: config_lib.TrainConfig, warmup_seconds: float,
       recv_batch_size=config.env.recv_batch_size)
 
 
-def _step_pool(config: config_lib.TrainConfig, spec: envs.EnvSpec, index: int,
+def _step_pool(env_config: config_lib.EnvConfig, seed: int, spec: envs.EnvSpec, index: int,
                steps: List[int], errors: List[BaseException], stop: threading.Event,
                started: threading.Barrier) -> None:
-  """One worker thread: builds pool `index` as actor thread `index` would, then steps it with
-  random actions, counting env steps in `steps[index]`, until `stop` is set."""
+  """One worker thread: builds pool `index` (actor thread `index`'s), then steps it with random
+  actions (seeded by `seed + index`), counting env steps in `steps[index]`, until `stop`."""
   env = None
   try:
-    env = envs.make_env(dataclasses.replace(
-        config.env, seed=config.env.seed + index * config.env.num_envs))
-    rng = np.random.default_rng(config.seed + index)
+    env = envs.make_env(env_config)
+    rng = np.random.default_rng(seed + index)
     env.async_reset()
     started.wait()
     while not stop.is_set():

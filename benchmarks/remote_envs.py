@@ -51,6 +51,7 @@ from benchmarks import report as report_lib
 from benchmarks import store_layouts
 from impala_jax import envs
 from impala_jax.distributed import local_redis
+from impala_jax.runtime import metrics
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,10 +97,8 @@ def _wait_for_port(log_path: str, learner: subprocess.Popen, timeout: float = 18
 
 
 def _wall_seconds(csv_path: str) -> List[float]:
-  if not os.path.exists(csv_path):
-    return []
   try:
-    return [r["wall_seconds"] for r in end_to_end.read_metrics_csv(csv_path)]
+    return [r["wall_seconds"] for r in metrics.read_csv(csv_path)]
   except (ValueError, TypeError):  # A row caught half written: read again next time.
     return []
 
@@ -218,7 +217,7 @@ def _measurements(layout: str, logdir: str) -> Dict[str, Any]:
   """Throughput, time split and policy lag from the learner's metrics.csv after warm-up, and
   the env hosts' wire stats or the Redis store's numbers."""
   f = flags.FLAGS
-  rows = end_to_end.read_metrics_csv(os.path.join(logdir, "metrics.csv"))
+  rows = metrics.read_csv(os.path.join(logdir, "metrics.csv"))
   summary = end_to_end.summarize_metrics(rows, f.warmup_seconds, f.warmup_seconds)
   span = [r for r in rows if r["wall_seconds"] > summary["measured_from_seconds"]]
   result = dict(env_steps_per_second=summary["env_steps_per_second"],

@@ -67,7 +67,8 @@ def ratios(report: Mapping[str, Any]) -> Dict[str, Dict[str, Optional[float]]]:
           n: r["project_over_reference"] for n, r in learner.items()})
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
+  """A table cell: "-" for none, text as it is, a number to three significant places or so."""
   if value is None:
     return "-"
   if isinstance(value, str):
@@ -87,7 +88,7 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Tuple[str, Sequence
   width = max([len(label) for label, _ in rows] + [0])
   lines = [title, "  " + " " * width + "".join(f"{c:>14}" for c in columns)]
   for label, values in rows:
-    lines.append("  " + label.ljust(width) + "".join(f"{_fmt(v):>14}" for v in values))
+    lines.append("  " + label.ljust(width) + "".join(f"{format_value(v):>14}" for v in values))
   return lines
 
 

@@ -69,7 +69,7 @@ def summarize(rows: Sequence[Mapping[str, Optional[float]]], measured_from_secon
   compiles, the hosts fill the store and its bound drops the overflow).
 
   Args:
-    rows: the learner's metrics.csv rows (`end_to_end.read_metrics_csv`).
+    rows: the learner's metrics.csv rows (`runtime.metrics.read_csv`).
     measured_from_seconds: `wall_seconds` of the span's first row.
     unroll_length: T; an unroll carries T new agent steps (and one to bootstrap from).
   """

@@ -4,13 +4,14 @@ r"""Learning curves of one or several runs, grouped by label, and an aggregate o
     python experiments/plot_metrics.py --logdirs='sweep_runs/*/seed_*' --output=/tmp/sweep.png
     python experiments/plot_metrics.py --logdirs=runs/a,runs/b --labels=baseline,lr1e-3
 
-The score of a run at a point is the mean real score of its last --window games (from
-`episodes.csv`; runs without one fall back to `metrics.csv`'s `episode_return`). Runs are
-grouped by game (the run's `config.json`) and by label: `--labels` (one per `--logdirs` entry,
-shared by all runs a pattern matches), else the run directory's name, skipping `seed_N` and
-game-named directories (`sweep/lr1e-3/seed_0` → `lr1e-3`, `runs/impala/Pong-v5/seed_1` →
-`impala`). Each group draws the mean over its runs and a band (--band: min–max, or ± standard
-error), against frames and against wall time, over the range all its runs cover.
+The score of a run at a point is the mean real score of its last --window games, as the run
+logs it (`runtime.scores`, from `episodes.csv`; runs without one fall back to `metrics.csv`'s
+`episode_return`). Runs are grouped by game (the run's `config.json`) and by label: `--labels`
+(one per `--logdirs` entry, shared by all runs a pattern matches), else the run directory's
+name, skipping `seed_N` and game-named directories (`sweep/lr1e-3/seed_0` → `lr1e-3`,
+`runs/impala/Pong-v5/seed_1` → `impala`). Each group draws the mean over its runs and a band
+(--band: min–max, or ± standard error), against frames and against wall time, over the range
+all its runs cover.
 
 With runs on two or more Atari-57 games, a second figure (`<output>_aggregate.png`) shows, per
 label, the IQM of human-normalised scores against frames, and the median, IQM and mean of the
@@ -18,7 +19,6 @@ runs' final human-normalised scores, each with a 95% stratified-bootstrap interv
 (`impala_jax.evaluation.aggregate`, rliable's estimators).
 """
 
-import csv
 import glob
 import json
 import os
@@ -37,6 +37,9 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from impala_jax.envs import atari_scores
 from impala_jax.evaluation import aggregate
+from impala_jax.runtime import metrics
+from impala_jax.runtime import scores
+from impala_jax.runtime import telemetry
 
 flags.DEFINE_string("logdir", None, "One run directory (the single-run usage).")
 flags.DEFINE_list("logdirs", [], "Run directories or glob patterns, comma-separated.")
@@ -48,7 +51,8 @@ flags.DEFINE_string("aggregate_output", None, "PNG of the aggregate over Atari g
 flags.DEFINE_string("title", None, "Figure title; default the run's name or the run count.")
 flags.DEFINE_integer("frames_per_step", 0, "Frames per agent step; 0: from each run's "
                      "config.json (Atari: frame_skip, else 1; 4 without a config).")
-flags.DEFINE_integer("window", 20, "The score is the mean of the last this many games.")
+flags.DEFINE_integer("window", telemetry.RECENT_EPISODES,
+                     "The score is the mean of the last this many games.")
 flags.DEFINE_enum("band", "minmax", ["minmax", "stderr"], "Spread over a group's runs.")
 flags.DEFINE_integer("bootstrap_reps", 2000, "Bootstrap replicates of the aggregate intervals.")
 flags.DEFINE_integer("seed", 0, "Seeds the bootstrap.")
@@ -119,13 +123,6 @@ def read_config(logdir: str) -> Optional[dict]:
     return json.load(f)
 
 
-def _read_csv(path: str) -> List[Dict[str, str]]:
-  if not os.path.isfile(path) or os.path.getsize(path) == 0:
-    return []
-  with open(path, newline="", encoding="utf-8") as f:
-    return list(csv.DictReader(f))
-
-
 def _continuous_wall(wall: np.ndarray) -> np.ndarray:
   """A resumed run restarts its clock: lay each session after the previous one."""
   out = wall.astype(np.float64).copy()
@@ -137,26 +134,30 @@ def _continuous_wall(wall: np.ndarray) -> np.ndarray:
   return out
 
 
+def _columns(logdir: str, name: str) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """(env_steps, wall_seconds, episode_return) of the rows of `name` that have a return."""
+  rows = [r for r in metrics.read_csv(os.path.join(logdir, name))
+          if r.get("episode_return") is not None]
+  if not rows:
+    return None
+  return tuple(np.array([r[c] for r in rows])
+               for c in ("env_steps", "wall_seconds", "episode_return"))
+
+
 def load_curve(logdir: str, window: int
                ) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray, str]]:
   """(env_steps, wall_seconds, score, source) of a run, one point per distinct env_steps."""
-  rows = [r for r in _read_csv(os.path.join(logdir, "episodes.csv")) if r.get("episode_return")]
-  if rows:
-    steps = np.array([float(r["env_steps"]) for r in rows])
-    wall = np.array([float(r["wall_seconds"]) for r in rows])
-    returns = np.array([float(r["episode_return"]) for r in rows])
-    cumsum = np.concatenate([[0.0], np.cumsum(returns)])
-    index = np.arange(1, len(returns) + 1)
-    start = np.maximum(index - window, 0)
-    score = (cumsum[index] - cumsum[start]) / (index - start)
-    # Episodes written at one metrics row share its env_steps: keep the last of each.
-    last = np.append(steps[1:] != steps[:-1], True)
-    return steps[last], _continuous_wall(wall)[last], score[last], "episodes.csv"
-  rows = [r for r in _read_csv(os.path.join(logdir, "metrics.csv")) if r.get("episode_return")]
-  if rows:
-    return (np.array([float(r["env_steps"]) for r in rows]),
-            _continuous_wall(np.array([float(r["wall_seconds"]) for r in rows])),
-            np.array([float(r["episode_return"]) for r in rows]), "metrics.csv")
+  columns = _columns(logdir, "episodes.csv")
+  if columns is not None:
+    steps, wall, returns = columns
+    # The score at each metrics row: after the last of the games written at it.
+    last = scores.row_ends(steps)
+    return (steps[last], _continuous_wall(wall)[last],
+            scores.rolling_means(returns, window)[last], "episodes.csv")
+  columns = _columns(logdir, "metrics.csv")
+  if columns is not None:
+    steps, wall, returns = columns  # One mean per row already.
+    return steps, _continuous_wall(wall), returns, "metrics.csv"
   return None
 
 

@@ -90,7 +90,7 @@ class EnvConfig:
 @dataclasses.dataclass(frozen=True)
 class NetworkConfig:
   """Attributes:
-    torso: "shallow" (Mnih et al. 2016), "deep" (IMPALA ResNet, paper Fig. 3) or "mlp".
+    torso: "shallow" (Mnih et al. 2016), "nature" (DQN, 2015), "deep" (IMPALA ResNet) or "mlp".
     use_lstm: add an LSTM core after the torso.
     lstm_size: LSTM hidden units.
     mlp_hidden_sizes: hidden layers of the MLP torso.
@@ -113,7 +113,7 @@ class LossConfig:
 
   Attributes:
     objective: "impala" (V-trace policy gradient, paper §4.2) or "appo" (the PPO clipped
-      surrogate on V-trace advantages, see `rl.losses.appo_loss`).
+      surrogate on V-trace advantages, see `rl.objectives.appo_loss`).
     discount, baseline_cost, entropy_cost: γ and the loss weights.
     clip_rho_threshold, clip_c_threshold, clip_pg_rho_threshold, lambda_: V-trace's ρ̄, c̄,
       ρ̄_pg and λ (None: no clipping).
@@ -220,7 +220,7 @@ class OptimizerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  """A whole training run: what `experiments/` builds from flags and `runtime.train` runs.
+  """A whole training run: what `experiments/` builds from flags and `impala_jax.train` runs.
 
   Attributes:
     env: one actor thread's EnvPool (each of `num_actor_threads` threads owns one).

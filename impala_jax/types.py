@@ -15,7 +15,7 @@ Timestep alignment (index t = 0..T, following EnvPool's "next-step autoreset"):
   policy_version[t]      version of the parameters that chose a_t.
 
 When x_t ends an episode (terminated or truncated), EnvPool ignores a_t and resets: step t is
-not a real transition and the learner masks it out (see `learner_inputs` in `impala_jax.learner`).
+not a real transition and the learner masks it out (`learning.update.learner_inputs`).
 """
 
 from typing import Any, Callable, NamedTuple

@@ -18,7 +18,7 @@ PACKAGE_DIR = pathlib.Path(__file__).resolve().parent.parent / PACKAGE
 # one layer do not import each other.
 LAYERS: Tuple[Tuple[str, ...], ...] = (
     # The ground floor: imports nothing of the package.
-    ("types", "stage_clock", "threads", "config_checks"),
+    ("types", "stage_clock", "threads", "queues", "config_checks"),
     ("rl",),  # Pure math.
     ("config_scale_out",),  # The scale-out designs' settings, re-exported by config.
     ("config",),

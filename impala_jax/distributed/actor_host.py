@@ -30,6 +30,7 @@ from impala_jax import config as config_lib
 from impala_jax import envs
 from impala_jax import networks
 from impala_jax import threads
+from impala_jax import queues
 from impala_jax import types
 from impala_jax.acting import actor as actor_lib
 from impala_jax.acting import inference
@@ -107,7 +108,7 @@ class UnrollPusher(threads.Worker):
         self.pushed += len(blobs)
         self.dropped_by_store += dropped or 0
         self.bytes_pushed += sum(len(b) for b in blobs)
-      finished = _drain(self._episodes)
+      finished = queues.drain(self._episodes)
       if finished:
         blob = codecs.encode_episodes(finished[-codecs.MAX_EPISODES_PER_MESSAGE:],
                                       self._host_id)
@@ -127,15 +128,6 @@ class UnrollPusher(threads.Worker):
       except queue.Empty:
         break
     return blobs
-
-
-def _drain(episodes: "queue.SimpleQueue[types.EpisodeStats]") -> List[types.EpisodeStats]:
-  finished = []
-  while True:
-    try:
-      finished.append(episodes.get_nowait())
-    except queue.Empty:
-      return finished
 
 
 class ParamsPoller(threads.Worker):

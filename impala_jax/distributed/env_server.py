@@ -26,7 +26,6 @@ from impala_jax.distributed import auth
 from impala_jax.distributed import env_protocol
 from impala_jax.distributed import env_service
 from impala_jax.distributed import host_sessions
-from impala_jax.distributed import learner_settings
 from impala_jax.distributed import wire
 
 _REAP_SECONDS = 1.0
@@ -159,13 +158,7 @@ def make_env_server(config: config_lib.TrainConfig, spec: envs.EnvSpec, inferenc
   remote = config.remote_envs
   table = host_sessions.SessionTable(config.value_limits.violations_to_evict)
   service = env_service.EnvHostService(
-      spec=spec, env_name=config.env.env_id,
-      settings=learner_settings.encode(learner_settings.of_config(config)),
-      unroll_length=config.unroll_length, inference=inference, unroll_sink=unroll_sink,
-      stop_requested=stop_requested, on_episode=on_episode, token=read_token(remote),
-      slots=host_sessions.SlotAllocator(config.total_envs, remote.max_envs), table=table,
-      config=remote, limits=config.value_limits,
-      on_hosts_changed=lambda hosts: inference.set_expected_requests(
-          config.num_actor_threads + hosts))
+      config, spec=spec, inference=inference, unroll_sink=unroll_sink, table=table,
+      token=read_token(remote), on_episode=on_episode, stop_requested=stop_requested)
   max_bytes = wire.max_message_bytes(env_protocol.step_schema(spec), remote.envs_per_host)
   return EnvServer(remote, service, table, max_bytes + 4096)

@@ -30,6 +30,7 @@ from impala_jax.acting import unroll_buffer
 from impala_jax.distributed import auth
 from impala_jax.distributed import env_protocol
 from impala_jax.distributed import host_sessions
+from impala_jax.distributed import learner_settings
 from impala_jax.distributed import wire
 from impala_jax.envs import value_checks
 
@@ -45,43 +46,40 @@ class _Rejected(Exception):
 class EnvHostService:
   """The handlers: `settings` (unary) and `stream` (HELLO, then STEP → ACTIONS)."""
 
-  def __init__(self, *, spec: envs.EnvSpec, env_name: str, settings: bytes,
-               unroll_length: int, inference: Any, unroll_sink: unroll_buffer.UnrollSink,
-               stop_requested: Callable[[], bool],
-               on_episode: Callable[[types.EpisodeStats], None], token: str,
-               slots: host_sessions.SlotAllocator, table: host_sessions.SessionTable,
-               config: config_lib.RemoteEnvConfig, limits: config_lib.ValueLimits,
-               on_hosts_changed: Callable[[int], None]):
+  def __init__(self, config: config_lib.TrainConfig, *, spec: envs.EnvSpec, inference: Any,
+               unroll_sink: unroll_buffer.UnrollSink, table: host_sessions.SessionTable,
+               token: str, on_episode: Callable[[types.EpisodeStats], None],
+               stop_requested: Callable[[], bool]):
     """Args:
-      spec, env_name: the learner's environment (hosts must run the same).
-      settings: the learner's settings as a `learner_settings` message (what `settings`
-        answers).
-      unroll_length: T.
-      inference: the central inference server (its `act`).
+      config: the learner's: its task, unroll length and acting settings (what hosts must
+        share, answered by `settings`), `remote_envs` (max_hosts, envs_per_host, ...),
+        `value_limits` (the values accepted from hosts), and its local environments and
+        actor threads, after which the remote hosts' slots and requests come.
+      spec: the learner's environment (hosts must run the same).
+      inference: the central inference server (its `act`; `set_expected_requests` is told
+        the local actor threads plus the live hosts whenever they change).
       unroll_sink: where complete unrolls go (the learner's batches).
-      stop_requested: whether the run is stopping (ends waits for the sink).
-      on_episode: each finished episode, attributed to its host.
+      table: the sessions (shared with the server's reaper).
       token: the shared secret every call must carry.
-      slots, table: the remote environment ids and the sessions.
-      config: the remote hosts' settings (max_hosts, envs_per_host, ...).
-      limits: the values accepted from hosts.
-      on_hosts_changed: called with the number of live hosts when it changes.
+      on_episode: each finished episode, attributed to its host.
+      stop_requested: whether the run is stopping (ends waits for the sink).
     """
     self._spec = spec
-    self._env_name = env_name
-    self._settings = settings
-    self._unroll_length = unroll_length
+    self._env_name = config.env.env_id
+    self._settings = learner_settings.encode(learner_settings.of_config(config))
+    self._unroll_length = config.unroll_length
     self._inference = inference
     self._unroll_sink = unroll_sink
     self._stop_requested = stop_requested
     self._on_episode = on_episode
     self._token = token
-    self._slots = slots
+    self._slots = host_sessions.SlotAllocator(config.total_envs, config.remote_envs.max_envs)
     self._table = table
-    self._config = config
-    self._limits = limits
-    self._on_hosts_changed = on_hosts_changed
-    self._checker = value_checks.ValueChecker(spec, limits)
+    self._config = config.remote_envs
+    self._limits = config.value_limits
+    self._on_hosts_changed = lambda hosts: inference.set_expected_requests(
+        config.num_actor_threads + hosts)
+    self._checker = value_checks.ValueChecker(spec, self._limits)
     self._step_schema = env_protocol.step_schema(spec)
     self._actions_schema = env_protocol.actions_schema(spec)
     self._run_ended = threading.Event()

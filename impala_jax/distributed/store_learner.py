@@ -21,6 +21,8 @@ from absl import logging
 import jax
 import numpy as np
 
+from impala_jax import config as config_lib
+from impala_jax import envs
 from impala_jax import stage_clock
 from impala_jax import threads
 from impala_jax import types
@@ -41,26 +43,39 @@ def actor_host_name(host_id: int) -> str:
 
 
 class StoreBatchSource:
-  """Batches of `batch_size` fresh, well-formed unrolls with values in range from the store."""
+  """Batches of `batch_size` fresh, well-formed unrolls with values in range from the store.
 
-  def __init__(self, store: trajectory_store.RedisStore, batch_size: int, schema,
-               initial_core_state: types.CoreState, max_policy_lag: int,
+  Args:
+    config: the learner's: its batch size, unroll length, `trajectory_store.max_policy_lag`,
+      `max_batch_wait_minutes` (raise when no fresh unroll came for that long) and
+      `value_limits`.
+    store: the Redis store to pop from.
+    spec, initial_core_state: the learner's task and its network's core state, which every
+      unroll must match (`unroll_schema_for`).
+    current_version: the learner's parameter version, to judge an unroll's age by.
+    stop_requested: whether the run is stopping (ends the wait for a batch with None).
+    workers: threads whose failure ends the wait (the learner lease).
+    on_episode: each finished episode an actor host reports, once checked.
+    on_wait: called while waiting for unrolls (the publisher's flush).
+  """
+
+  def __init__(self, config: config_lib.TrainConfig, store: trajectory_store.RedisStore,
+               spec: envs.EnvSpec, initial_core_state: types.CoreState, *,
                current_version: Callable[[], int], stop_requested: Callable[[], bool],
-               max_wait_seconds: float, checker: value_checks.ValueChecker,
-               violations: violations_lib.Violations, workers: Sequence[threads.Worker] = (),
+               workers: Sequence[threads.Worker] = (),
                on_episode: Callable[[types.EpisodeStats], None] = lambda e: None,
                on_wait: Callable[[], None] = lambda: None):
     self._store = store
-    self._batch_size = batch_size
-    self._schema = schema
-    self._blob_bytes = codecs.blob_bytes(schema)
-    self._checker = checker
-    self.violations = violations
+    self._batch_size = config.batch_size
+    self._schema = unroll_schema_for(spec, config.unroll_length, initial_core_state)
+    self._blob_bytes = codecs.blob_bytes(self._schema)
+    self._checker = value_checks.ValueChecker(spec, config.value_limits)
+    self.violations = violations_lib.Violations(config.value_limits.violations_to_evict)
     self._initial_core_state = initial_core_state
-    self._max_policy_lag = max_policy_lag
+    self._max_policy_lag = config.trajectory_store.max_policy_lag
     self._current_version = current_version
     self._stop_requested = stop_requested
-    self._max_wait_seconds = max_wait_seconds
+    self._max_wait_seconds = 60 * config.max_batch_wait_minutes
     self._workers = list(workers)
     self._on_episode = on_episode
     self._on_wait = on_wait

@@ -145,7 +145,7 @@ def human_normalized_score(env_id: str, score: Optional[float]) -> Optional[floa
 def normalizer(env_id: str) -> Optional[Callable[[float], Optional[float]]]:
   """`score ↦ human_normalized_score(env_id, score)` for an Atari-57 game, else None.
 
-  What `runtime.telemetry.Telemetry(score_to_hns=...)` takes: None leaves the column out.
+  What `runtime.telemetry.Telemetry` scores Atari rows with: None leaves the column out.
   """
   if reference_scores(env_id) is None:
     return None

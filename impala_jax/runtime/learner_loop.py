@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, NamedTuple, Optional, Protocol, Tupl
 from absl import logging
 import jax
 
+from impala_jax import config as config_lib
 from impala_jax import stage_clock
 from impala_jax import threads
 from impala_jax import types
@@ -109,12 +110,13 @@ class LearnerLoop:
   called after each one (the multi-process watchdog's heartbeat).
   """
 
-  def __init__(self, *, batches: BatchSource, learner: Any,
+  def __init__(self, config: config_lib.TrainConfig, *, batches: BatchSource, learner: Any,
                publish: Callable[[Any, int], None], telemetry: Any, checkpoints: Any,
-               steps_per_update: int, total_env_steps: int, env_steps: int = 0,
-               agree: Callable[[int], Tuple[int, int]] = _alone,
+               env_steps: int = 0, agree: Callable[[int], Tuple[int, int]] = _alone,
                after_update: Callable[[], None] = lambda: None,
                score_reached: Callable[[], bool] = lambda: False):
+    """`config`: its `steps_per_update` and `total_env_steps`; `env_steps`: where the run starts
+    (a resumed run's checkpoint)."""
     self._agree = agree
     self._score_reached = score_reached
     self._after_update = after_update
@@ -123,8 +125,8 @@ class LearnerLoop:
     self._publish = publish
     self._telemetry = telemetry
     self._checkpoints = checkpoints
-    self._steps_per_update = steps_per_update
-    self._total_env_steps = total_env_steps
+    self._steps_per_update = config.steps_per_update
+    self._total_env_steps = config.total_env_steps
     self.env_steps = env_steps
 
   def run(self) -> LoopResult:

@@ -9,7 +9,7 @@ restored, and the run is about to record those steps again. TensorBoard purges t
 import csv
 import math
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
 from tensorboardX import SummaryWriter
@@ -24,6 +24,8 @@ CSV_COLUMNS = ("env_steps", "wall_seconds", "episode_return", "recent_episode_re
 # One row per finished episode (Atari: per whole game), for curves and "steps to a score";
 # `source` is who played it ("local", or the remote host: `types.EpisodeStats.source`).
 EPISODE_COLUMNS = ("env_steps", "wall_seconds", "episode_return", "episode_length", "source")
+# The columns of either file that hold text, not numbers.
+TEXT_COLUMNS = ("source",)
 
 
 class MetricsWriter:
@@ -115,6 +117,25 @@ def _episodes(path: str) -> Tuple[List[float], List[str], bool]:
     with_source = "source" in (reader.fieldnames or ())
   return ([float(row["episode_return"]) for row in rows],
           [row.get("source") or types.LOCAL_SOURCE for row in rows], with_source)
+
+
+def read_csv(path: str) -> List[Dict[str, Any]]:
+  """The rows of a metrics.csv or episodes.csv as written so far, for curves and benchmarks:
+  numbers as floats, an empty cell as None, `TEXT_COLUMNS` as text; [] without the file.
+
+  Raises:
+    ValueError, TypeError: a row that is not whole (one caught half written).
+  """
+  if not os.path.exists(path):
+    return []
+  with open(path, newline="") as f:
+    return [{k: _cell(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _cell(column: str, text: Optional[str]) -> Any:
+  if text in ("", None):
+    return None
+  return text if column in TEXT_COLUMNS else float(text)
 
 
 def drop_rows_after(path: str, step: int) -> int:

@@ -14,16 +14,46 @@ scores only propose it: when at least two remote sources each reach it over thei
 `window` games (so one host alone cannot even make the learner look), the learner plays games
 of its own with its current parameters and stops only if those reach it too
 (`runtime.score_check`). However many hosts lie, the run ends only on games it played itself.
+
+The score itself, the mean of the last `window` games, is `recent_mean`; `rolling_means` is the
+same after every game of a run, for curves (`experiments/plot_metrics.py`, the learning
+benchmark), so that a curve shows what the run logged.
 """
 
 import collections
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, Optional, Sequence
 
 import numpy as np
 
 from impala_jax import types
 
 MAX_SOURCES = 64
+
+
+def recent_mean(returns: Sequence[float], window: int) -> Optional[float]:
+  """The score after the last of `returns` (in the order played): the mean of the last `window`,
+  or of all of them while there are fewer; None before the first game."""
+  returns = np.asarray(returns, np.float64)[-window:]
+  return float(np.mean(returns)) if len(returns) else None
+
+
+def rolling_means(returns: Sequence[float], window: int) -> np.ndarray:
+  """The score after each game: element i is `recent_mean(returns[:i + 1], window)`."""
+  returns = np.asarray(returns, np.float64)
+  # The first `window - 1` games: the mean of all so far. Then one full window per game.
+  head = [np.mean(returns[:k]) for k in range(1, min(window, len(returns) + 1))]
+  full = (np.lib.stride_tricks.sliding_window_view(returns, window).mean(axis=-1)
+          if len(returns) >= window else np.zeros(0))
+  return np.concatenate([np.asarray(head, np.float64), full])
+
+
+def row_ends(env_steps: Sequence[float]) -> np.ndarray:
+  """Indices of the last game recorded at each metrics row: games finished between two rows are
+  written at the second (`metrics.EpisodeWriter`), so they share its `env_steps`."""
+  env_steps = np.asarray(env_steps)
+  if not len(env_steps):
+    return np.zeros(0, np.int64)
+  return np.flatnonzero(np.append(env_steps[1:] != env_steps[:-1], True))
 
 
 class Scores:
@@ -67,7 +97,7 @@ class Scores:
 
   def mean(self) -> Optional[float]:
     """The mean of the last `window` games, however many there are so far (None: none)."""
-    return float(np.mean(self._all)) if self._all else None
+    return recent_mean(self._all, self._window)
 
   def recent(self) -> Optional[float]:
     """The mean of the last `window` games of every source, once there are that many."""
@@ -75,8 +105,8 @@ class Scores:
 
   def by_source(self) -> Dict[str, float]:
     """Each source's own score: the mean of its last `window` games, once it has that many."""
-    return {source: float(np.mean(recent)) for source, recent in self._by_source.items()
-            if len(recent) == self._window}
+    return {source: recent_mean(recent, self._window)
+            for source, recent in self._by_source.items() if len(recent) == self._window}
 
   def local_score(self) -> Optional[float]:
     """The local actors' own score (None until they have finished `window` games)."""

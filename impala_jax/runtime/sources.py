@@ -32,8 +32,6 @@ from impala_jax.distributed import env_server
 from impala_jax.distributed import learner_settings
 from impala_jax.distributed import store_learner
 from impala_jax.distributed import trajectory_store
-from impala_jax.distributed import violations
-from impala_jax.envs import value_checks
 from impala_jax.runtime import learner_loop
 from impala_jax.runtime import telemetry
 
@@ -146,19 +144,13 @@ def store_acting(config: config_lib.TrainConfig, spec: envs.EnvSpec, network: An
                  episodes: "queue.SimpleQueue[types.EpisodeStats]",
                  stop: threading.Event) -> Acting:
   """Batches popped from a Redis store; parameters published to it."""
-  store_config = config.trajectory_store
-  initial_core_state = network.initial_state(1)
   lease = store_learner.LearnerLease(store)
   publisher = store_learner.StorePublisher(
-      store, store_config.publish_interval_seconds, stop.is_set,
+      store, config.trajectory_store.publish_interval_seconds, stop.is_set,
       settings=learner_settings.encode(learner_settings.of_config(config)))
   batches = store_learner.StoreBatchSource(
-      store, config.batch_size,
-      store_learner.unroll_schema_for(spec, config.unroll_length, initial_core_state),
-      initial_core_state, store_config.max_policy_lag, lambda: learner.update_step,
-      stop.is_set, max_wait_seconds=60 * config.max_batch_wait_minutes,
-      checker=value_checks.ValueChecker(spec, config.value_limits),
-      violations=violations.Violations(config.value_limits.violations_to_evict),
+      config, store, spec, network.initial_state(1),
+      current_version=lambda: learner.update_step, stop_requested=stop.is_set,
       workers=[lease], on_episode=episodes.put, on_wait=publisher.flush)
 
   def gauges() -> Dict[str, Any]:

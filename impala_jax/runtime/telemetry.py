@@ -21,8 +21,11 @@ import numpy as np
 import psutil
 import tqdm
 
+from impala_jax import config as config_lib
+from impala_jax import queues
 from impala_jax import stage_clock
 from impala_jax import types
+from impala_jax.envs import atari_scores
 from impala_jax.runtime import metrics as metrics_lib
 from impala_jax.runtime import scores as scores_lib
 
@@ -77,40 +80,26 @@ class PhaseTimer:
     return fractions
 
 
-def drain(episodes: "queue.SimpleQueue[types.EpisodeStats]") -> List[types.EpisodeStats]:
-  finished = []
-  while True:
-    try:
-      finished.append(episodes.get_nowait())
-    except queue.Empty:
-      return finished
-
-
 class Telemetry:
   """Rows every `log_interval_seconds`, a tqdm bar (or one log line per row), episode scores."""
 
-  def __init__(self, writer: metrics_lib.MetricsWriter, *,
+  def __init__(self, config: config_lib.TrainConfig, *, writer: metrics_lib.MetricsWriter,
                episode_writer: metrics_lib.EpisodeWriter,
-               episodes: "queue.SimpleQueue[types.EpisodeStats]",
-               phases: PhaseTimer,
-               gauges: Callable[[], Dict[str, float]],
-               log_interval_seconds: float, total_env_steps: int, env_steps: int,
-               start_time: float, show_progress: bool,
-               score_to_hns: Optional[Callable[[float], Optional[float]]] = None):
+               episodes: "queue.SimpleQueue[types.EpisodeStats]", phases: PhaseTimer,
+               gauges: Callable[[], Dict[str, float]], env_steps: int, start_time: float,
+               show_progress: bool):
     """Args:
+      config: the run's; its `log_interval_seconds` (seconds between rows), `total_env_steps`
+        (the bar's end) and task: on Atari, rows get a `recent_human_normalized_score` column
+        (`envs.atari_scores.normalizer`) and the summary shows it.
       writer: where rows go.
       episode_writer: where each finished episode goes.
       episodes: finished episodes, put there by the actors.
       phases: the components' phase counters.
       gauges: current readings of the components (called once per row).
-      log_interval_seconds: seconds between rows.
-      total_env_steps, env_steps: the bar's end and start.
+      env_steps: where the bar starts (a resumed run's checkpoint).
       start_time: `time.monotonic()` when the run began (`wall_seconds` counts from it).
       show_progress: a tqdm bar on the terminal; False logs one line per row instead.
-      score_to_hns: the human-normalised score of a real game score
-        (`envs.atari_scores.normalizer(env_id)`); with it, rows get a
-        `recent_human_normalized_score` column and the summary shows it. None (non-Atari
-        tasks): no such column.
     """
     self._writer = writer
     self._episode_writer = episode_writer
@@ -121,12 +110,12 @@ class Telemetry:
                                                     episode_writer.previous_sources)])
     self._phases = phases
     self._gauges = gauges
-    self._interval = log_interval_seconds
+    self._interval = config.log_interval_seconds
     self._start_time = start_time
     self._show_progress = show_progress
-    self._score_to_hns = score_to_hns
+    self._score_to_hns = atari_scores.normalizer(config.env.env_id)
     self._window = _Window(env_steps)
-    self._bar = tqdm.tqdm(total=total_env_steps, initial=env_steps, unit="step",
+    self._bar = tqdm.tqdm(total=config.total_env_steps, initial=env_steps, unit="step",
                           disable=not show_progress, dynamic_ncols=True, smoothing=0.1)
     self._last_env_steps = env_steps
     self.episode_returns: List[float] = []  # Real scores of this session's episodes, in order.
@@ -179,7 +168,7 @@ class Telemetry:
   def _write_row(self, env_steps: int) -> None:
     window = self._window
     self._window = _Window(env_steps)
-    finished = drain(self._episodes)
+    finished = queues.drain(self._episodes)
     self.episode_returns.extend(e.episode_return for e in finished)
     self._scores.add(finished)
     self._score = self._scores.recent()

@@ -111,23 +111,22 @@ class TrainingRun:
       acting = sources.local_acting(config, self._spec, self._network, learner, episodes,
                                     self._stop)
     telemetry = telemetry_lib.Telemetry(
-        outputs.writer, episode_writer=outputs.episode_writer, episodes=episodes,
+        config, writer=outputs.writer, episode_writer=outputs.episode_writer,
+        episodes=episodes,
         phases=telemetry_lib.PhaseTimer([("learner", learner.clock, 1)] + acting.phases),
         gauges=lambda: dict(updates=learner.update_step, **acting.gauges()),
-        log_interval_seconds=config.log_interval_seconds,
-        total_env_steps=config.total_env_steps, env_steps=env_steps, start_time=start_time,
-        show_progress=self._show_progress and outputs.primary,
-        score_to_hns=envs.atari_scores.normalizer(config.env.env_id))
+        env_steps=env_steps, start_time=start_time,
+        show_progress=self._show_progress and outputs.primary)
     # Remote hosts' scores end the run only if the learner's own games confirm them.
     own_games = score_check.OwnGames(self._network, learner.params, config.env,
                                      num_games=telemetry_lib.RECENT_EPISODES)
     watchdog = (multihost.Watchdog(config.multihost.stall_timeout_seconds)
                 if config.num_processes > 1 else None)
     loop = learner_loop.LearnerLoop(
-        batches=acting.batches, learner=learner, publish=acting.publish, telemetry=telemetry,
+        config, batches=acting.batches, learner=learner, publish=acting.publish,
+        telemetry=telemetry,
         checkpoints=outputs.schedule(learner, lambda: time.monotonic() - start_time),
-        steps_per_update=config.steps_per_update,
-        total_env_steps=config.total_env_steps, env_steps=env_steps,
+        env_steps=env_steps,
         # Judged on the score process 0 logs; the loop's agreement stops the other processes.
         score_reached=lambda: outputs.primary and telemetry.score_reached(
             config.stop_at_score, confirm=own_games),

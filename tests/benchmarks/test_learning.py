@@ -9,6 +9,7 @@ import pytest
 
 from benchmarks import learning_report
 from benchmarks import learning_scores
+from impala_jax.runtime import scores as scores_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -18,12 +19,15 @@ def _episodes(returns, steps_per_game=100):
           for i, r in enumerate(returns)]
 
 
-def test_rolling_score_is_the_mean_of_the_last_20_games():
-  returns = list(range(30))
-  scores = learning_scores.rolling_scores(_episodes(returns))
-  assert scores[0] == 0.0 and scores[3] == pytest.approx(1.5)  # Fewer than 20 so far.
-  assert scores[19] == pytest.approx(sum(range(20)) / 20)
-  assert scores[29] == pytest.approx(sum(range(10, 30)) / 20)
+def test_the_curve_is_the_mean_of_the_last_20_games_after_each_game(tmp_path):
+  with open(tmp_path / "episodes.csv", "w") as f:
+    f.write("env_steps,wall_seconds,episode_return,episode_length,source\n")
+    f.writelines(f"{100 * (i + 1)},{i + 1}.0,{i},10,local\n" for i in range(30))
+  curve = learning_scores.summarize_run(str(tmp_path), threshold=18.0)["curve"]
+  assert curve["score"][0] == 0.0 and curve["score"][3] == pytest.approx(1.5)  # Fewer than 20.
+  assert curve["score"][19] == pytest.approx(sum(range(20)) / 20)
+  assert curve["score"][29] == pytest.approx(sum(range(10, 30)) / 20)
+  assert curve["env_steps"][:2] == [100, 200] and curve["wall_seconds"][:2] == [1.0, 2.0]
 
 
 def test_the_threshold_counts_only_once_20_games_are_in():
@@ -42,7 +46,7 @@ def test_the_threshold_is_judged_at_the_end_of_each_metrics_row():
   returns = [18.0] * 20 + [-2.0]
   episodes = [learning_scores.Episode(1000 if i < 19 else 2000, float(i), r)
               for i, r in enumerate(returns)]
-  assert learning_scores.row_ends(episodes) == [18, 20]
+  assert scores_lib.row_ends([e.env_steps for e in episodes]).tolist() == [18, 20]
   assert learning_scores.first_crossing(episodes, threshold=18.0) is None
   assert learning_scores.first_crossing(episodes, threshold=17.0) == episodes[20]
 

@@ -68,7 +68,7 @@ def test_summary_of_a_run_too_short_for_its_warmup_warns_and_uses_the_last_rows(
     end_to_end.summarize_metrics(rows[:1], warmup_seconds=0.0, memory_from_seconds=0.0)
 
 
-# A hand-made report, and the table format_report must print for it, line for line.
+# A hand-made report: format_report must show each of its numbers, and the ratios.
 _REPORT = dict(
     settings=dict(env="Pong-v5", num_actor_threads=2, num_envs=32, unroll_length=20,
                   batch_size=32, e2e_window_seconds=30.0, warmup_seconds=30.0,
@@ -95,63 +95,34 @@ _REPORT = dict(
         "1": dict(samples_per_second=1365.0, latency_ms=0.733, server_latency_ms=0.687),
         "16": dict(samples_per_second=8503.0, latency_ms=1.88, server_latency_ms=1.78)})))
 
-_TABLE = [
-    "impala_jax throughput: Pong-v5, 2 actor thread(s) × 32 envs, T=20, B=32",
-    "2 CPUs (load 3.4 at start), jax 0.10.2 on cpu:0, envpool 1.2.5, 2026-11-22T01:27:05+00:00",
-    "",
-    "Raw EnvPool (random actions, async send/recv)",
-    "     env steps/s      frames/s",
-    "           6,798        27,192",
-    "",
-    "End-to-end training (30 s after 30 s warm-up)",
-    "                                shallow",
-    "  env steps/s                     1,802",
-    "  frames/s                        7,208",
-    "  ÷ raw EnvPool                   0.265",
-    "  ÷ learner-only capacity         0.553",
-    "  updates (whole run)               146",
-    "  where the time goes:                 ",
-    "    actor_env                     0.355",
-    "    actor_inference               0.512",
-    "    learner_update                0.889",
-    "    actor total                   0.867",
-    "    learner total                 0.889",
-    "  inference batch size            37.07",
-    "  inference latency ms            13.05",
-    "  policy lag (updates)                -",
-    "  peak RSS MB                     1,277",
-    "  RSS growth % (means)             1.56",
-    "  RSS growth % (peaks)           -0.500",
-    "    from minute                   0.500",
-    "    to minute                      1.00",
-    "  warning (shallow): too short",
-    "",
-    "Learner only (32 unrolls × 20 steps, 10 timed updates)",
-    "                              shallow",
-    "  project samples/s             3,261",
-    "  reference samples/s           1,151",
-    "  project ÷ reference            2.83",
-    "  project ms/update               196",
-    "    stack                        7.64",
-    "    update                        184",
-    "  reference ms/update             556",
-    "  first loss, project           1,063",
-    "  first loss, reference         1,063",
-    "    relative difference       1.1e-07",
-    "",
-    "Inference only (one client thread, 100 calls per size)",
-    "                              shallow",
-    "  batch 1: samples/s            1,365",
-    "    latency ms (client)         0.733",
-    "    latency ms (server)         0.687",
-    "  batch 16: samples/s           8,503",
-    "    latency ms (client)          1.88",
-    "    latency ms (server)          1.78",
-    "",
-]
+def _section(text, title):
+  """The lines of the table whose title starts with `title`: its header, then its rows."""
+  lines = text.split("\n")
+  start = next(i for i, line in enumerate(lines) if line.startswith(title))
+  return lines[start + 1:lines.index("", start)]
 
 
-def test_report_ratios_and_table_are_unchanged():
+def _find_rows(lines, expected, columns=1):
+  """Asserts that each (label, values) of `expected` is a row of `lines`, in that order, its
+  values printed as the report prints a number; the rows need not be adjacent."""
+  position = 0
+  for label, values in expected:
+    cells = [report.format_value(v) for v in values]
+    for position in range(position, len(lines)):
+      parts = lines[position].split()
+      if " ".join(parts[:-columns]) == label and parts[-columns:] == cells:
+        break
+    else:
+      raise AssertionError(f"no row {label!r} {cells} (in order) in:\n" + "\n".join(lines))
+
+
+def _assert_aligned(lines):
+  """Every cell is right-aligned to its column: the header and all rows end at one width."""
+  rows = [line for line in lines if not line.startswith("  warning")]
+  assert len({len(line) for line in rows}) == 1, "\n".join(rows)
+
+
+def test_report_shows_each_measured_number_and_ratio_in_aligned_tables():
   ratios = report.ratios(_REPORT)
   assert ratios == dict(end_to_end_over_raw_envpool=dict(shallow=1802.0 / 6798.0),
                         end_to_end_over_learner_only=dict(shallow=1802.0 / 3261.0),
@@ -159,7 +130,46 @@ def test_report_ratios_and_table_are_unchanged():
   # Without raw EnvPool there is nothing to divide by.
   assert report.ratios(dict(e2e=_REPORT["e2e"]))["end_to_end_over_raw_envpool"] == dict(
       shallow=None)
-  assert report.format_report(dict(_REPORT, ratios=ratios)).split("\n") == _TABLE
+  text = report.format_report(dict(_REPORT, ratios=ratios))
+  header = text.split("\n")[:2]
+  for fact in ("Pong-v5", "2 actor thread(s)", "32 envs", "T=20", "B=32"):
+    assert fact in header[0], (fact, header[0])
+  for fact in ("2 CPUs", "load 3.4", "jax 0.10.2", "cpu:0", "envpool 1.2.5", "2026-11-22"):
+    assert fact in header[1], (fact, header[1])
+
+  raw = _section(text, "Raw EnvPool")
+  assert raw[0].split() == ["env", "steps/s", "frames/s"]
+  _find_rows(raw, [("", [6798.0, 27192.0])], columns=2)
+  e2e = _section(text, "End-to-end training (30 s after 30 s warm-up)")
+  assert e2e[0].split() == ["shallow"]
+  run = _REPORT["e2e"]["shallow"]
+  _find_rows(e2e, [
+      ("env steps/s", [1802.0]), ("frames/s", [7208.0]),
+      ("÷ raw EnvPool", [1802.0 / 6798.0]), ("÷ learner-only capacity", [1802.0 / 3261.0]),
+      ("updates (whole run)", [146]),
+      *[(k, [run["time_fractions"][k]])
+        for k in ("actor_env", "actor_inference", "learner_update")],
+      ("actor total", [0.867]), ("learner total", [0.889]),
+      ("inference batch size", [37.07]), ("inference latency ms", [13.05]),
+      ("policy lag (updates)", [None]), ("peak RSS MB", [1277.0]),
+      ("RSS growth % (means)", [1.56]), ("RSS growth % (peaks)", [-0.5]),
+      ("from minute", [0.5]), ("to minute", [1.0])])
+  assert "  warning (shallow): too short" in e2e
+  learner = _section(text, "Learner only (32 unrolls × 20 steps, 10 timed updates)")
+  _find_rows(learner, [
+      ("project samples/s", [3261.0]), ("reference samples/s", [1151.0]),
+      ("project ÷ reference", [2.83]), ("project ms/update", [196.0]), ("stack", [7.64]),
+      ("update", [184.0]), ("reference ms/update", [556.0]),
+      ("first loss, project", [1063.0]), ("first loss, reference", [1063.0]),
+      ("relative difference", ["1.1e-07"])])
+  inference = _section(text, "Inference only (one client thread, 100 calls per size)")
+  for size, numbers in _REPORT["inference"]["shallow"]["batch_sizes"].items():
+    _find_rows(inference, [
+        (f"batch {size}: samples/s", [numbers["samples_per_second"]]),
+        ("latency ms (client)", [numbers["latency_ms"]]),
+        ("latency ms (server)", [numbers["server_latency_ms"]])])
+  for table in (raw, e2e, learner, inference):
+    _assert_aligned(table)
 
 
 def _numbers(tree, path=""):

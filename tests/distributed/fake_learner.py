@@ -2,6 +2,8 @@
 (for the env host tests: tests/distributed/test_env_server.py, test_host_admission.py,
 test_env_host.py)."""
 
+import dataclasses
+
 import grpc
 import numpy as np
 
@@ -23,12 +25,14 @@ LEASE_SECONDS = 1.5
 HELLO_TIMEOUT_SECONDS = 1.5
 SPEC = envs.env_spec(config_lib.EnvConfig("CartPole-v1", num_envs=NUM_ENVS))
 LIMITS = config_lib.ValueLimits(max_abs_reward=1e3, violations_to_evict=2)
-SETTINGS = learner_settings.of_config(config_lib.TrainConfig(
-    env=config_lib.EnvConfig("CartPole-v1"), unroll_length=UNROLL_LENGTH))
 REMOTE = config_lib.RemoteEnvConfig(listen="127.0.0.1:0", max_envs=2 * NUM_ENVS,
                                     max_envs_per_host=NUM_ENVS, max_hosts=2,
                                     lease_seconds=LEASE_SECONDS,
                                     hello_timeout_seconds=HELLO_TIMEOUT_SECONDS)
+CONFIG = config_lib.TrainConfig(env=config_lib.EnvConfig("CartPole-v1"),
+                                unroll_length=UNROLL_LENGTH, num_actor_threads=0,
+                                remote_envs=REMOTE, value_limits=LIMITS)
+SETTINGS = learner_settings.of_config(CONFIG)
 
 
 class FakeInference:
@@ -54,12 +58,11 @@ def start_server(remote=REMOTE):
   unrolls = batch_assembler.BatchAssembler(batch_size=1, capacity=64)
   table = host_sessions.SessionTable(LIMITS.violations_to_evict)
   episodes = []
+  # No local actors: the hosts' environments are the first ids, their requests the only ones.
+  config = dataclasses.replace(CONFIG, remote_envs=remote)
   service = env_service.EnvHostService(
-      spec=SPEC, env_name="CartPole-v1", settings=learner_settings.encode(SETTINGS),
-      unroll_length=UNROLL_LENGTH, inference=fake, unroll_sink=unrolls,
-      stop_requested=lambda: False, on_episode=episodes.append, token=TOKEN,
-      slots=host_sessions.SlotAllocator(0, remote.max_envs), table=table, config=remote,
-      limits=LIMITS, on_hosts_changed=fake.set_expected_requests)
+      config, spec=SPEC, inference=fake, unroll_sink=unrolls, table=table, token=TOKEN,
+      on_episode=episodes.append, stop_requested=lambda: False)
   max_bytes = wire.max_message_bytes(env_protocol.step_schema(SPEC), NUM_ENVS) + 4096
   server = env_server.EnvServer(remote, service, table, max_bytes).start()
   server.fake, server.unrolls, server.episodes = fake, unrolls, episodes

@@ -17,9 +17,7 @@ from impala_jax.distributed import codecs
 from impala_jax.distributed import local_redis
 from impala_jax.distributed import store_learner
 from impala_jax.distributed import trajectory_store
-from impala_jax.distributed import violations
 from impala_jax.distributed import wire
-from impala_jax.envs import value_checks
 from tests.distributed import tls_certs
 
 T = 4
@@ -123,7 +121,7 @@ def test_reads_are_bounded_in_bytes(store, actor_store):
 def test_the_learner_drops_stale_unrolls_and_rejects_foreign_blobs(store):
   schema = codecs.unroll_schema(SPEC, T, ())
   version = {"now": 30}
-  source = _source(store, schema, batch_size=3, current_version=lambda: version["now"])
+  source = _source(store, batch_size=3, current_version=lambda: version["now"])
   pong = envs.env_spec(config_lib.EnvConfig("Pong-v5", num_envs=2))
   foreign = codecs.encode_unroll(
       _unroll(0)._replace(observation=np.zeros((T + 1, 1, 4, 84, 84), np.uint8)),
@@ -210,12 +208,14 @@ def test_store_config_is_validated():
   assert dataclasses.asdict(config)["trajectory_store"]["url"].startswith("redis://")
 
 
-def _source(store, schema, batch_size=3, current_version=lambda: 0, to_evict=2):
-  return store_learner.StoreBatchSource(
-      store, batch_size=batch_size, schema=schema, initial_core_state=(), max_policy_lag=5,
-      current_version=current_version, stop_requested=lambda: False, max_wait_seconds=5,
-      checker=value_checks.ValueChecker(SPEC, config_lib.ValueLimits()),
-      violations=violations.Violations(to_evict), on_episode=EPISODES.append)
+def _source(store, batch_size=3, current_version=lambda: 0, to_evict=2):
+  config = config_lib.TrainConfig(
+      env=config_lib.EnvConfig("CartPole-v1"), num_actor_threads=0, unroll_length=T,
+      batch_size=batch_size, max_batch_wait_minutes=5 / 60,
+      trajectory_store=config_lib.TrajectoryStoreConfig(max_policy_lag=5),
+      value_limits=config_lib.ValueLimits(violations_to_evict=to_evict))
+  return store_learner.StoreBatchSource(config, store, SPEC, (), current_version=current_version,
+                                        stop_requested=lambda: False, on_episode=EPISODES.append)
 
 
 EPISODES = []
@@ -224,7 +224,7 @@ EPISODES = []
 def test_an_actor_hosts_bad_values_are_refused_and_repeated_it_is_evicted(store, actor_store,
                                                                            caplog):
   schema = codecs.unroll_schema(SPEC, T, ())
-  source = _source(store, schema, batch_size=2)
+  source = _source(store, batch_size=2)
   bad_action = _unroll(1)._replace(action=np.full((T + 1, 1), 7, np.int32))  # 2 actions.
   nan_reward = _unroll(2)._replace(reward=np.full((T + 1, 1), np.nan, np.float32))
   actor_store.push_unrolls([codecs.encode_unroll(bad_action, schema, host_id=0xBAD),
@@ -243,7 +243,7 @@ def test_an_actor_hosts_bad_values_are_refused_and_repeated_it_is_evicted(store,
 
 
 def test_episode_records_are_checked_and_attributed(store, actor_store):
-  source = _source(store, codecs.unroll_schema(SPEC, T, ()))
+  source = _source(store)
   good = codecs.encode_episodes([types.EpisodeStats(20.0, 20)], host_id=1)
   forged = codecs.encode_episodes([types.EpisodeStats(1e9, 1)], host_id=2)
   impossible = codecs.encode_episodes([types.EpisodeStats(5.0, 0)], host_id=2)

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from impala_jax import config as config_lib
 from impala_jax import types
 from impala_jax.runtime import learner_loop
 
@@ -78,10 +79,13 @@ class _Checkpoints:
 
 
 def _loop(batches, checkpoints, learner=None, total_env_steps=1_000, **kwargs):
+  # 10 agent steps per update: 1 unroll of 10.
+  config = config_lib.TrainConfig(batch_size=1, unroll_length=10,
+                                  total_env_steps=total_env_steps)
   return learner_loop.LearnerLoop(
-      batches=batches, learner=learner or _Learner(), publish=lambda params, version: None,
-      telemetry=_Telemetry(), checkpoints=checkpoints, steps_per_update=10,
-      total_env_steps=total_env_steps, **kwargs)
+      config, batches=batches, learner=learner or _Learner(),
+      publish=lambda params, version: None, telemetry=_Telemetry(), checkpoints=checkpoints,
+      **kwargs)
 
 
 def test_a_reached_score_ends_the_run_early_with_a_checkpoint():

@@ -76,3 +76,20 @@ def test_drop_rows_after_counts_and_leaves_no_temporary_file(tmp_path):
 
 def _Episode(episode_return, source="local"):  # pylint: disable=invalid-name
   return types.EpisodeStats(episode_return, 5, source)
+
+
+def test_rows_read_back_as_numbers_with_empty_cells_none_and_sources_as_text(tmp_path):
+  logdir = str(tmp_path)
+  writer = metrics.MetricsWriter(logdir, start_step=0)
+  episodes = metrics.EpisodeWriter(logdir, start_step=0)
+  writer.write(dict(env_steps=100, wall_seconds=1.5, loss=0.25, episode_return=None))
+  episodes.write(100, 1.5, [_Episode(-21.0, source="env host 1a")])
+  writer.close()
+  episodes.close()
+  rows = metrics.read_csv(os.path.join(logdir, "metrics.csv"))
+  assert rows[0]["env_steps"] == 100.0 and rows[0]["loss"] == 0.25
+  assert rows[0]["episode_return"] is None
+  assert metrics.read_csv(os.path.join(logdir, "episodes.csv")) == [dict(
+      env_steps=100.0, wall_seconds=1.5, episode_return=-21.0, episode_length=5.0,
+      source="env host 1a")]
+  assert metrics.read_csv(os.path.join(logdir, "missing.csv")) == []

@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from impala_jax import config as config_lib
 from impala_jax import types
 from impala_jax.envs import atari_scores
 from impala_jax.runtime import scores as scores_lib
@@ -31,19 +32,20 @@ class _Episodes:
     pass
 
 
-def _telemetry(score_to_hns, previous_returns=()):
+def _telemetry(env_id="CartPole-v1", previous_returns=()):
   rows = _Rows()
   episodes = queue.SimpleQueue()
+  config = config_lib.TrainConfig(env=config_lib.EnvConfig(env_id), total_env_steps=100,
+                                  log_interval_seconds=0.0)
   telemetry = telemetry_lib.Telemetry(
-      rows, episode_writer=_Episodes(previous_returns), episodes=episodes,
-      phases=telemetry_lib.PhaseTimer([]), gauges=dict, log_interval_seconds=0.0,
-      total_env_steps=100, env_steps=0, start_time=time.monotonic(), show_progress=False,
-      score_to_hns=score_to_hns)
+      config, writer=rows, episode_writer=_Episodes(previous_returns), episodes=episodes,
+      phases=telemetry_lib.PhaseTimer([]), gauges=dict, env_steps=0,
+      start_time=time.monotonic(), show_progress=False)
   return telemetry, rows.rows, episodes
 
 
 def test_atari_rows_carry_the_hns_of_the_recent_score_from_the_first_row():
-  telemetry, rows, episodes = _telemetry(atari_scores.normalizer("Pong-v5"))
+  telemetry, rows, episodes = _telemetry("Pong-v5")
   telemetry.record({"loss": 1.0}, env_steps=10)  # No game finished yet.
   episodes.put(types.EpisodeStats(episode_return=-21.0, episode_length=800))
   episodes.put(types.EpisodeStats(episode_return=-19.0, episode_length=900))
@@ -57,7 +59,7 @@ def test_atari_rows_carry_the_hns_of_the_recent_score_from_the_first_row():
 
 
 def test_other_tasks_have_no_hns_column():
-  telemetry, rows, episodes = _telemetry(atari_scores.normalizer("CartPole-v1"))
+  telemetry, rows, episodes = _telemetry("CartPole-v1")
   episodes.put(types.EpisodeStats(episode_return=30.0, episode_length=30))
   telemetry.record({"loss": 1.0}, env_steps=10)
   telemetry.flush(10)
@@ -65,7 +67,7 @@ def test_other_tasks_have_no_hns_column():
 
 
 def test_recent_score_needs_a_full_window_and_follows_the_rows():
-  telemetry, rows, episodes = _telemetry(None)
+  telemetry, rows, episodes = _telemetry()
   for i in range(telemetry_lib.RECENT_EPISODES - 1):
     episodes.put(types.EpisodeStats(episode_return=500.0, episode_length=500))
   telemetry.record({"loss": 1.0}, env_steps=10)
@@ -87,7 +89,7 @@ def test_recent_score_needs_a_full_window_and_follows_the_rows():
 def test_a_resumed_run_scores_the_games_before_its_checkpoint_too():
   window = telemetry_lib.RECENT_EPISODES
   # The earlier session finished more than a window of games: the last 20 count, at once.
-  telemetry, rows, episodes = _telemetry(None, [0.0] * 5 + [10.0] * window)
+  telemetry, rows, episodes = _telemetry(previous_returns=[0.0] * 5 + [10.0] * window)
   assert telemetry.recent_score() == 10.0
   episodes.put(types.EpisodeStats(episode_return=30.0, episode_length=100))
   telemetry.record({"loss": 1.0}, env_steps=10)
@@ -96,7 +98,7 @@ def test_a_resumed_run_scores_the_games_before_its_checkpoint_too():
   assert telemetry.episode_returns == [30.0]  # This session's games only.
 
   # One game short of a window before the checkpoint: the first new game completes it.
-  telemetry, rows, episodes = _telemetry(None, [10.0] * (window - 1))
+  telemetry, rows, episodes = _telemetry(previous_returns=[10.0] * (window - 1))
   assert telemetry.recent_score() is None
   episodes.put(types.EpisodeStats(episode_return=30.0, episode_length=100))
   telemetry.record({"loss": 1.0}, env_steps=10)
@@ -109,7 +111,7 @@ def _games(episodes, score, source, count=telemetry_lib.RECENT_EPISODES):
 
 
 def test_one_hosts_report_never_reaches_the_target_however_high(caplog):
-  telemetry, rows, episodes = _telemetry(None)
+  telemetry, rows, episodes = _telemetry()
   _games(episodes, 1e6, "env host aaaaaaaa", count=30)  # Thirty one-step games of 1e6.
   _games(episodes, 20.0, "env host bbbbbbbb", count=5)
   telemetry.record({"loss": 1.0}, env_steps=10)
@@ -131,7 +133,7 @@ def test_one_hosts_report_never_reaches_the_target_however_high(caplog):
 
 
 def test_the_local_actors_score_alone_counts():
-  telemetry, rows, episodes = _telemetry(None)
+  telemetry, rows, episodes = _telemetry()
   _games(episodes, 500.0, "local")
   _games(episodes, 10.0, "env host aaaaaaaa")
   telemetry.record({"loss": 1.0}, env_steps=10)
