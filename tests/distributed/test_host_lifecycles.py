@@ -14,7 +14,6 @@ import time
 
 import grpc
 import numpy as np
-import pytest
 
 from impala_jax import config as config_lib
 from impala_jax import envs
@@ -25,7 +24,6 @@ from impala_jax.distributed import local_redis
 from impala_jax.distributed import trajectory_store
 from impala_jax.distributed import wire
 from tests.distributed.processes import metrics
-from tests.distributed.processes import Processes
 from tests.distributed.processes import read
 from tests.distributed.processes import REPO
 from tests.distributed.processes import wait_for
@@ -34,14 +32,6 @@ TOKEN = "host-lifecycles-test-token-0123456789"
 SPEC = envs.env_spec(config_lib.EnvConfig("CartPole-v1"))
 BUDGET = 12_000
 CONTROL = os.path.join(REPO, "experiments", "control.py")
-
-
-@pytest.fixture(name="processes")
-def fixture_processes(tmp_path):
-  processes = Processes(tmp_path)
-  yield processes
-  processes.close()
-  assert all(p.poll() is not None for p in processes.procs)
 
 
 def _episodes(logdir):

@@ -4,10 +4,8 @@ import os
 import re
 import signal
 
-import pytest
 
 from tests.distributed.processes import metrics as _metrics
-from tests.distributed.processes import Processes
 from tests.distributed.processes import read as _read
 from tests.distributed.processes import REPO
 from tests.distributed.processes import wait_for as _wait_for
@@ -19,14 +17,6 @@ def _token_file(tmp_path):
   path.write_text(TOKEN)
   os.chmod(path, 0o600)
   return str(path)
-
-
-@pytest.fixture(name="processes")
-def fixture_processes(tmp_path):
-  processes = Processes(tmp_path)
-  yield processes
-  processes.close()
-  assert all(p.poll() is not None for p in processes.procs)
 
 
 def _host(processes, name, port, token_file, seed):
