@@ -82,38 +82,11 @@ class EpisodeTracker:
       ValueError: mismatched shapes, bad env ids, or missing info fields.
     """
     env_ids = np.asarray(env_ids)
-    num_results = env_ids.shape[0] if env_ids.ndim == 1 else -1
-    if num_results < 0 or env_ids.dtype.kind not in "iu":
-      raise ValueError(f"env_ids must be a 1-D integer array, got {env_ids.dtype} "
-                       f"{env_ids.shape}.")
-    if num_results == 0:
+    every_env = self._check_env_ids(env_ids)
+    if not len(env_ids):
       return []
-    # Every environment in order (EnvPool's answer when recv takes them all): plain slices.
-    every_env = num_results == self._num_envs and bool((env_ids == self._all_envs).all())
-    if not every_env:
-      if env_ids.min() < 0 or env_ids.max() >= self._num_envs:
-        raise ValueError(f"env_ids must be in [0, {self._num_envs}), got {env_ids}.")
-      # Duplicates would silently drop rewards in the fancy-indexed `+=` below.
-      if np.bincount(env_ids, minlength=self._num_envs).max() > 1:
-        raise ValueError(f"env_ids must be distinct within a batch, got {env_ids}.")
-    if self._atari:
-      missing = [key for key in ("reward", "terminated", "elapsed_step") if key not in info]
-    else:
-      missing = [key for key in ("elapsed_step",) if key not in info]
-    if missing:
-      raise ValueError(f"info lacks {missing}; EpisodeTracker(family={self._family}) "
-                       "needs EnvPool's info dict.")
-    if self._atari:
-      score = np.asarray(info["reward"])
-      ended = np.asarray(info["terminated"]).astype(bool) | np.asarray(truncated, bool)
-    else:
-      score = np.asarray(reward)
-      ended = np.asarray(terminated, bool) | np.asarray(truncated, bool)
-    elapsed_step = np.asarray(info["elapsed_step"])
-    for name, array in (("reward", score), ("ended", ended), ("elapsed_step", elapsed_step)):
-      if array.shape != (num_results,):
-        raise ValueError(f"{name} must have shape ({num_results},) like env_ids, got "
-                         f"{array.shape}.")
+    score, ended, elapsed_step = self._score_and_ends(len(env_ids), reward, terminated,
+                                                      truncated, info)
 
     # Reset steps carry reward 0, so adding them needs no mask.
     if every_env:
@@ -130,3 +103,41 @@ class EpisodeTracker:
     self._returns[finished_ids] = 0.0
     self._num_episodes += len(finished)
     return finished
+
+  def _check_env_ids(self, env_ids: np.ndarray) -> bool:
+    """Raises ValueError unless `env_ids` are distinct environments; returns whether they are
+    every environment in order (EnvPool's answer when recv takes them all: plain slices)."""
+    if env_ids.ndim != 1 or env_ids.dtype.kind not in "iu":
+      raise ValueError(f"env_ids must be a 1-D integer array, got {env_ids.dtype} "
+                       f"{env_ids.shape}.")
+    if not len(env_ids):
+      return False
+    if len(env_ids) == self._num_envs and bool((env_ids == self._all_envs).all()):
+      return True
+    if env_ids.min() < 0 or env_ids.max() >= self._num_envs:
+      raise ValueError(f"env_ids must be in [0, {self._num_envs}), got {env_ids}.")
+    # Duplicates would silently drop rewards in the fancy-indexed `+=` of `update`.
+    if np.bincount(env_ids, minlength=self._num_envs).max() > 1:
+      raise ValueError(f"env_ids must be distinct within a batch, got {env_ids}.")
+    return False
+
+  def _score_and_ends(self, num_results: int, reward: Any, terminated: Any, truncated: Any,
+                      info: Mapping[str, Any]):
+    """`[K]` arrays: the score's reward, whether the episode (Atari: game) ended, its length."""
+    needed = ("reward", "terminated", "elapsed_step") if self._atari else ("elapsed_step",)
+    missing = [key for key in needed if key not in info]
+    if missing:
+      raise ValueError(f"info lacks {missing}; EpisodeTracker(family={self._family}) "
+                       "needs EnvPool's info dict.")
+    if self._atari:
+      score = np.asarray(info["reward"])
+      ended = np.asarray(info["terminated"]).astype(bool) | np.asarray(truncated, bool)
+    else:
+      score = np.asarray(reward)
+      ended = np.asarray(terminated, bool) | np.asarray(truncated, bool)
+    elapsed_step = np.asarray(info["elapsed_step"])
+    for name, array in (("reward", score), ("ended", ended), ("elapsed_step", elapsed_step)):
+      if array.shape != (num_results,):
+        raise ValueError(f"{name} must have shape ({num_results},) like env_ids, got "
+                         f"{array.shape}.")
+    return score, ended, elapsed_step
