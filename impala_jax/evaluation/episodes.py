@@ -85,9 +85,57 @@ def make_act_fn(network: networks.ImpalaNetwork, greedy: bool):
   return jax.jit(act)
 
 
-def _quotas(num_episodes: int, num_envs: int) -> np.ndarray:
-  return np.array([num_episodes // num_envs + (i < num_episodes % num_envs)
-                   for i in range(num_envs)])
+class _Games:
+  """The games that count: environment i keeps its first `N // K` (+1 for the first `N % K`)
+  finished games, so the set depends on the seed and K only, never on timing."""
+
+  def __init__(self, num_episodes: int, num_envs: int):
+    self._quotas = np.array([num_episodes // num_envs + (i < num_episodes % num_envs)
+                             for i in range(num_envs)])
+    self._played = np.zeros(num_envs, int)
+    self._num_episodes = num_episodes
+    self.episodes: List[Episode] = []
+
+  @property
+  def done(self) -> bool:
+    return len(self.episodes) >= self._num_episodes
+
+  def add(self, env_ids: np.ndarray, finished: Sequence[Any]) -> None:
+    """`finished[j]` is the `EpisodeStats` of the game environment `env_ids[j]` just ended."""
+    for env_index, stats in zip(env_ids, finished):
+      if self._played[env_index] < self._quotas[env_index]:
+        self._played[env_index] += 1
+        self.episodes.append(Episode(int(env_index), stats.episode_return,
+                                     stats.episode_length))
+
+  def in_order(self) -> List[Episode]:
+    """By environment; stable, so each environment's games stay in the order played."""
+    return sorted(self.episodes, key=lambda e: e.env_index)
+
+
+def _check_counts(num_episodes: int, num_envs: int) -> None:
+  if num_episodes < 1:
+    raise ValueError(f"num_episodes must be >= 1, got {num_episodes}.")
+  if num_envs > num_episodes:
+    raise ValueError(f"num_envs ({num_envs}) must be <= num_episodes ({num_episodes}): an "
+                     "environment without a game to play would only cost time.")
+
+
+def _game_ends(env, action: np.ndarray, tracker: envs.EpisodeTracker):
+  """One synchronous step of every environment: (observation, first [K], env_ids of the games
+  that ended, their `EpisodeStats`)."""
+  observation, reward, terminated, truncated, info = env.step(action)
+  env_ids = np.asarray(info["env_id"])
+  if not np.array_equal(env_ids, np.arange(len(env_ids))):  # Rows are environments, in order.
+    raise RuntimeError(f"A synchronous EnvPool answered for environments {env_ids}.")
+  # With episodic_life=False a game ends exactly at terminated | truncated, and the next step
+  # is EnvPool's reset: the first step of the next game.
+  first = np.asarray(terminated, bool) | np.asarray(truncated, bool)
+  finished = tracker.update(env_ids, reward, terminated, truncated, info)
+  if len(finished) != int(first.sum()):
+    raise RuntimeError("EpisodeTracker and the environment disagree on episode ends; "
+                       "is episodic_life on?")
+  return observation, first, env_ids[first], finished
 
 
 def play_episodes(network: networks.ImpalaNetwork, params: Any,
@@ -110,60 +158,37 @@ def play_episodes(network: networks.ImpalaNetwork, params: Any,
   Returns:
     An `EvaluationResult` with exactly `num_episodes` episodes.
   """
-  if num_episodes < 1:
-    raise ValueError(f"num_episodes must be >= 1, got {num_episodes}.")
   num_envs = env_config.num_envs
-  if num_envs > num_episodes:
-    raise ValueError(f"num_envs ({num_envs}) must be <= num_episodes ({num_episodes}): an "
-                     "environment without a game to play would only cost time.")
+  _check_counts(num_episodes, num_envs)
   start = time.monotonic()
   env = envs.make_env(env_config, render=on_frame is not None)
   try:
     spec = envs.env_spec(env)
     act = make_act_fn(network, greedy)
-    quotas = _quotas(num_episodes, num_envs)
-    played = np.zeros(num_envs, int)
+    games = _Games(num_episodes, num_envs)
     tracker = envs.EpisodeTracker(num_envs, spec.family)
-    episodes: List[Episode] = []
     key = jax.random.PRNGKey(seed)
     core_state = network.initial_state(num_envs)
     observation, _ = env.reset()
     first = np.ones(num_envs, bool)
-    recording = on_frame is not None
-    recorded = 0
+    recording, recorded, agent_steps = on_frame is not None, 0, 0
     if recording:
       on_frame(_render(env))
       recorded += 1
-    agent_steps = 0
-    while len(episodes) < num_episodes:
+    while not games.done:
       key, step_key = jax.random.split(key)
       action, core_state = act(params, observation, first, core_state, step_key)
-      observation, reward, terminated, truncated, info = env.step(
-          envs.to_env_action(np.asarray(action), spec))
+      observation, first, ended_ids, finished = _game_ends(
+          env, envs.to_env_action(np.asarray(action), spec), tracker)
       agent_steps += num_envs
       if recording:
         on_frame(_render(env))
         recorded += 1
-      env_ids = np.asarray(info["env_id"])
-      if not np.array_equal(env_ids, np.arange(num_envs)):  # Rows are environments, in order.
-        raise RuntimeError(f"A synchronous EnvPool answered for environments {env_ids}.")
-      # With episodic_life=False a game ends exactly at terminated | truncated, and the next
-      # step is EnvPool's reset: the first step of the next game.
-      first = np.asarray(terminated, bool) | np.asarray(truncated, bool)
-      finished = tracker.update(env_ids, reward, terminated, truncated, info)
-      if len(finished) != int(first.sum()):
-        raise RuntimeError("EpisodeTracker and the environment disagree on episode ends; "
-                           "is episodic_life on?")
-      for env_index, stats in zip(env_ids[first], finished):
-        if played[env_index] < quotas[env_index]:
-          played[env_index] += 1
-          episodes.append(Episode(int(env_index), stats.episode_return, stats.episode_length))
-        if env_index == 0:
-          recording = False
+        recording = 0 not in ended_ids  # Environment 0's first game is over.
+      games.add(ended_ids, finished)
   finally:
     env.close()
-  episodes.sort(key=lambda e: e.env_index)  # Stable: each environment's games stay in order.
-  return EvaluationResult(episodes, recorded, agent_steps, time.monotonic() - start)
+  return EvaluationResult(games.in_order(), recorded, agent_steps, time.monotonic() - start)
 
 
 def _render(env) -> np.ndarray:
