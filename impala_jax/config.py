@@ -16,13 +16,15 @@ import os
 import urllib.parse
 from typing import Optional, Tuple
 
+from impala_jax.rl import losses as rl_losses
+
 # Network torsos (`networks.torsos.make_torso`).
 TORSOS = ("shallow", "nature", "deep", "mlp")
 # The convolutional torsos: they take images [C, H, W], and the learner unrolls its optimizer
 # steps for them rather than scanning (`learning.update`).
 IMAGE_TORSOS = ("shallow", "nature", "deep")
-# How the loss's per-step terms are reduced over time and batch (`rl.losses`).
-REDUCTIONS = ("sum", "mean")
+# How the loss's per-step terms are reduced over time and batch: defined by `rl.losses`.
+REDUCTIONS = rl_losses.REDUCTIONS
 # Optimizers (`learning.optimizers.make_optimizer`).
 OPTIMIZERS = ("rmsprop", "adam")
 # Policy objectives (`learning.update.make_loss_fn`): IMPALA's V-trace policy gradient, or
@@ -154,8 +156,7 @@ class LossConfig:
              f"Unknown objective {self.objective!r}; accepted: {', '.join(OBJECTIVES)}.")
     _require(0.0 <= self.discount <= 1.0, f"discount must be in [0, 1], got {self.discount}.")
     _require(0.0 <= self.lambda_ <= 1.0, f"lambda_ must be in [0, 1], got {self.lambda_}.")
-    _require(self.reduction in REDUCTIONS,
-             f"Unknown loss reduction {self.reduction!r}; accepted: {', '.join(REDUCTIONS)}.")
+    rl_losses.check_reduction(self.reduction)
     _require(0.0 < self.clip_epsilon < 1.0,
              f"clip_epsilon must be in (0, 1), got {self.clip_epsilon}.")
     _require(self.ppo_ratio in PPO_RATIOS,

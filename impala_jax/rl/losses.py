@@ -19,15 +19,17 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from impala_jax import config as config_lib
 from impala_jax.rl import vtrace as vtrace_lib
 
 Array = chex.Array
 
-REDUCTIONS = config_lib.REDUCTIONS
+# How the per-step terms are reduced over time and batch (module docstring). The one list of
+# them: `config.LossConfig` and the flags read it from here.
+REDUCTIONS = ("sum", "mean")
 
 
 def check_reduction(reduction: str) -> None:
+  """Raises ValueError, naming the accepted ones, for a `reduction` not in `REDUCTIONS`."""
   if reduction not in REDUCTIONS:
     raise ValueError(
         f"Unknown loss reduction {reduction!r}; accepted: {', '.join(REDUCTIONS)}.")

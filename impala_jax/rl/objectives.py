@@ -51,7 +51,6 @@ from impala_jax.rl import distributions
 from impala_jax.rl import losses
 
 Array = chex.Array
-REDUCTIONS = losses.REDUCTIONS
 
 
 def _check_inputs(policy, values, bootstrap_value, actions, behaviour_log_probs, rewards,
