@@ -39,44 +39,21 @@ class TrainState(NamedTuple):
   update_step: jax.Array  # int32 scalar, learner updates (batches) applied so far
 
 
-class LearnerInputs(NamedTuple):
-  """What the loss needs, derived from a time-major Unroll batch `[T+1, B]` (types.py)."""
-
-  actions: jax.Array  # [T, B] a_t
-  behaviour_log_probs: jax.Array  # [T, B] log μ(a_t|x_t)
-  rewards: jax.Array  # [T, B] r_t, the reward that arrives with x_{t+1}
-  discounts: jax.Array  # [T, B] γ_t = γ (1 − terminated(x_{t+1}))
-  mask: jax.Array  # [T, B] 1 where step t is a real transition, 0 for EnvPool's autoreset step
-
-
-def learner_inputs(unroll: types.Unroll, discount: float) -> LearnerInputs:
-  """Aligns the actor's timestep records into per-transition arrays (see `types.py`).
+def learner_inputs(unroll: types.Unroll, discount: float) -> types.Transitions:
+  """Aligns the actor's timestep records `[T+1, B]` into per-transition arrays `[T, B]`.
 
   Step t leads from x_t to x_{t+1}: its reward and termination arrive with x_{t+1}. When x_t
   itself ended an episode (terminated or truncated) EnvPool ignores a_t and resets, so step t
   is masked. A truncated x_{t+1} keeps γ_t = γ: the step before a time limit still bootstraps
-  from V(x_{t+1}).
+  from V(x_{t+1}). See `types.py` for both layouts.
   """
   done = jnp.logical_or(unroll.terminated, unroll.truncated)
-  return LearnerInputs(
+  return types.Transitions(
       actions=unroll.action[:-1],
       behaviour_log_probs=unroll.behaviour_log_prob[:-1],
       rewards=unroll.reward[1:],
       discounts=discount * (1.0 - unroll.terminated[1:].astype(jnp.float32)),
       mask=1.0 - done[:-1].astype(jnp.float32))
-
-
-def _objective_kwargs(loss_config: config_lib.LossConfig) -> Dict[str, Any]:
-  kwargs = dict(
-      baseline_cost=loss_config.baseline_cost, entropy_cost=loss_config.entropy_cost,
-      clip_rho_threshold=loss_config.clip_rho_threshold,
-      clip_c_threshold=loss_config.clip_c_threshold,
-      clip_pg_rho_threshold=loss_config.clip_pg_rho_threshold,
-      lambda_=loss_config.lambda_, reduction=loss_config.reduction)
-  if loss_config.objective == "appo":
-    kwargs.update(clip_epsilon=loss_config.clip_epsilon,
-                  normalize_advantages=loss_config.normalize_advantages)
-  return kwargs
 
 
 _OBJECTIVES = {"impala": objectives.impala_loss, "appo": objectives.appo_loss}
@@ -89,16 +66,15 @@ def make_loss_fn(apply_fn: Callable[..., Any], loss_config: config_lib.LossConfi
   bootstrap value; the objective (`loss_config.objective`) scores steps 0..T-1.
   """
   objective = _OBJECTIVES[loss_config.objective]
-  kwargs = _objective_kwargs(loss_config)
+  settings = loss_config.settings()
 
   def loss_fn(params, unroll: types.Unroll, proximal_log_probs=None):
     output, _ = apply_fn(params, unroll.observation, unroll.first, unroll.core_state)
-    inputs = learner_inputs(unroll, loss_config.discount)
+    transitions = learner_inputs(unroll, loss_config.discount)
     policy = jax.tree.map(lambda x: x[:-1], output.policy)
     extra = {} if proximal_log_probs is None else {"proximal_log_probs": proximal_log_probs}
-    return objective(policy, output.value[:-1], output.value[-1], inputs.actions,
-                     inputs.behaviour_log_probs, inputs.rewards, inputs.discounts, inputs.mask,
-                     **kwargs, **extra)
+    return objective(policy, output.value[:-1], output.value[-1], transitions, settings,
+                     **extra)
 
   return loss_fn
 

@@ -15,6 +15,7 @@ from impala_jax import learning as learner_lib
 from impala_jax.acting import stack_unrolls
 from impala_jax import networks
 from impala_jax import types
+from impala_jax.rl import objectives
 
 T = 5  # unroll_length; unrolls carry T+1 timesteps
 OBS_DIM = 4
@@ -249,6 +250,21 @@ def test_proximal_appo_starts_each_update_at_ratio_one():
       objective="appo", reduction="mean", ppo_ratio="proximal"), num_epochs=4))
   first = several.step(stack_unrolls(unrolls))
   assert 0.0 < first["approx_kl"]  # Epochs 2-4 see the policy that epoch 1 moved.
+
+
+def test_loss_config_defaults_and_settings_come_from_the_rl_settings():
+  """LossConfig holds no copy of a default: its fields take rl.objectives' and hand them back."""
+  assert config_lib.LossConfig().settings() == objectives.ImpalaSettings()
+  assert config_lib.LossConfig(objective="appo").settings() == objectives.AppoSettings()
+  changed = config_lib.LossConfig(objective="appo", entropy_cost=0.02, clip_epsilon=0.1,
+                                  clip_rho_threshold=None, reduction="mean")
+  assert changed.settings() == objectives.AppoSettings(
+      entropy_cost=0.02, clip_epsilon=0.1, clip_rho_threshold=None, reduction="mean")
+  # APPO's settings are checked for IMPALA too, with rl's messages.
+  with pytest.raises(ValueError, match=r"clip_epsilon must be in \(0, 1\), got 1.5"):
+    config_lib.LossConfig(clip_epsilon=1.5)
+  with pytest.raises(ValueError, match="Unknown loss reduction 'median'; accepted: sum, mean"):
+    config_lib.LossConfig(reduction="median")
 
 
 def test_unknown_ppo_ratio_fails_naming_the_accepted_ones():
