@@ -103,8 +103,13 @@ def _network_and_params(config, seed=0, apply_wrapper=None):
 
 
 def _learner(config, devices=None, seed=0, apply_fn=None):
+  """The Learner as a run builds it from `config` (`runtime.training.make_learner`)."""
   network, params = _network_and_params(config, seed)
-  return learner_lib.Learner(apply_fn or network.apply, params, config, devices=devices)
+  optimizer = learner_lib.make_optimizer(config.optimizer, config.anneal_optimizer_steps)
+  return learner_lib.Learner(
+      apply_fn or network.apply, params, optimizer, config.loss, num_epochs=config.num_epochs,
+      num_minibatches=config.num_minibatches, seed=config.seed,
+      unroll_steps=network.convolutional, devices=devices)
 
 
 def test_updates_reduce_the_loss_on_a_fixed_batch_and_count_steps():
@@ -180,7 +185,7 @@ def test_lstm_learner_unrolls_from_the_recorded_core_state():
       core_state=network.initial_state(len(unrolls))))
   assert abs(float(expected_loss) - float(zero_state_loss)) > 1e-4  # The state matters here.
 
-  metrics = learner_lib.Learner(network.apply, params, config).step(stack_unrolls(unrolls))
+  metrics = _learner(config).step(stack_unrolls(unrolls))
   assert metrics["loss"] == pytest.approx(float(expected_loss), rel=1e-5)
 
 
@@ -281,6 +286,28 @@ def test_minibatches_are_disjoint_and_cover_the_batch():
   assert sorted(np.concatenate(indices).tolist()) == list(range(8))
   other = update_lib._minibatch_indices(jax.random.PRNGKey(1), 8, 4)
   assert not all(np.array_equal(a, b) for a, b in zip(indices, other))  # Shuffled per key.
+
+
+def test_update_refuses_a_share_that_does_not_split_into_minibatches():
+  """The update's own guard (TrainConfig.check_devices says so earlier, naming the flags)."""
+  from impala_jax.learning import optimizers  # pylint: disable=g-import-not-at-top
+  from impala_jax.learning import update as update_lib  # pylint: disable=g-import-not-at-top
+  config = _config()
+  network, params = _network_and_params(config)
+  optimizer = optimizers.make_optimizer(config.optimizer, 10)
+  update = update_lib.make_update_fn(network.apply, optimizer, config.loss, num_minibatches=3)
+  state = update_lib.TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+  batch = stack_unrolls([make_unroll(np.random.default_rng(0)) for _ in range(4)])
+  with pytest.raises(ValueError, match="4 unrolls do not split into num_minibatches=3"):
+    jax.pmap(update, axis_name=update_lib.AXIS)(
+        jax.tree.map(lambda x: jnp.asarray(x)[None], state), jax.tree.map(lambda x: x[None], batch))
+
+
+def test_only_convolutional_torsos_unroll_the_optimizer_steps():
+  """The learner's choice of loop (learning/update.py) is the network's typed property."""
+  for torso in config_lib.TORSOS:
+    network = networks.make_network(config_lib.NetworkConfig(torso=torso), num_actions=2)
+    assert network.convolutional == (torso != "mlp"), torso
 
 
 def test_batch_size_not_divisible_by_devices_fails_early():
