@@ -16,6 +16,7 @@ from benchmarks import synthetic
 from impala_jax import config as config_lib
 from impala_jax import learning as learner_lib
 from impala_jax import types
+from impala_jax.runtime import training
 
 # Updates run (and compiled) before timing starts.
 WARMUP_ITERS = 2
@@ -78,7 +79,7 @@ def measure_learner(config: config_lib.TrainConfig, iters: int) -> Dict[str, Any
   batch = synthetic.assembled_batch(unrolls)
   samples = config.batch_size * config.unroll_length
 
-  project = learner_lib.Learner(network.apply, params, config)
+  project = training.make_learner(network, params, config)
   # The warm-up updates compile; the first one's loss is the one before any update.
   project_first_loss = project.step(batch)["loss"]
   for _ in range(WARMUP_ITERS - 1):

@@ -25,6 +25,7 @@ from benchmarks import synthetic
 from impala_jax import config as config_lib
 from impala_jax.distributed import multihost
 from impala_jax.learning import learner as learner_lib
+from impala_jax.runtime import training
 
 # The pmap axis of the all-reduce measurement.
 _AXIS = "processes"
@@ -120,7 +121,7 @@ def measure_learner(config: config_lib.TrainConfig, warmup_updates: int,
   unrolls = synthetic.random_unrolls(spec, network, config.batch_size, config.unroll_length,
                                      config.seed + jax.process_index())
   batch = synthetic.assembled_batch(unrolls)
-  learner = learner_lib.Learner(network.apply, params, config)
+  learner = training.make_learner(network, params, config)
   for _ in range(warmup_updates):  # The first compiles.
     learner.step(batch)
   _barrier("impala_jax benchmark: learner timing starts")

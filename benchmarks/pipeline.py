@@ -38,12 +38,12 @@ from impala_jax import config as config_lib
 from impala_jax import envs
 from impala_jax import networks
 from impala_jax import stage_clock
-from impala_jax.learning import learner as learner_lib
 from impala_jax.networks import agent
 from impala_jax.networks import heads
 from impala_jax.runtime import checkpoint as checkpoint_lib
 from impala_jax.runtime import learner_loop
 from impala_jax.runtime import sources
+from impala_jax.runtime import training
 
 # Pixels the nearly free network reads of each observation.
 _PIXELS = 8
@@ -109,6 +109,8 @@ class NearlyFreeNetwork(nn.Module):
   heads read `_PIXELS` pixels of each observation. No core: `initial_state` is ()."""
 
   num_actions: int
+  # No convolutions; the learner scans its optimizer steps (`learning.update`).
+  convolutional = False
 
   @nn.nowrap
   def initial_state(self, batch_size: int):
@@ -199,8 +201,8 @@ def measure_pipeline(config: config_lib.TrainConfig, warmup_seconds: float,
     raise ValueError(f"The pipeline measurement needs a task with discrete actions; "
                      f"{config.env.env_id} has continuous ones.")
   network = NearlyFreeNetwork(spec.num_actions)
-  learner = learner_lib.Learner(network.apply, networks.init_params(network, spec, config.seed),
-                                config)
+  learner = training.make_learner(network, networks.init_params(network, spec, config.seed),
+                                  config)
   stop = threading.Event()
   acting = sources.local_acting(config, spec, network, learner, queue.SimpleQueue(), stop,
                                 make_env=lambda env_config: SyntheticPool(env_config, spec))

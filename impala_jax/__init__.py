@@ -15,8 +15,11 @@ from impala_jax.config import OptimizerConfig
 from impala_jax.config import TrainConfig
 from impala_jax.networks import make_network
 from impala_jax.rl import appo_loss
+from impala_jax.rl import AppoSettings
 from impala_jax.rl import impala_loss
+from impala_jax.rl import ImpalaSettings
 from impala_jax.rl.vtrace import vtrace
 from impala_jax.runtime.training import train
 from impala_jax.runtime.training import TrainingRun
+from impala_jax.types import Transitions
 from impala_jax.types import Unroll

@@ -20,14 +20,16 @@ from impala_jax.config_scale_out import MultiHostConfig
 from impala_jax.config_scale_out import RemoteEnvConfig
 from impala_jax.config_scale_out import TrajectoryStoreConfig
 from impala_jax.config_scale_out import ValueLimits
+from impala_jax.rl import losses as rl_losses
+from impala_jax.rl import objectives as rl_objectives
 
 # Network torsos (`networks.torsos.make_torso`).
 TORSOS = ("shallow", "nature", "deep", "mlp")
 # The convolutional torsos: they take images [C, H, W], and the learner unrolls its optimizer
 # steps for them rather than scanning (`learning.update`).
 IMAGE_TORSOS = ("shallow", "nature", "deep")
-# How the loss's per-step terms are reduced over time and batch (`rl.losses`).
-REDUCTIONS = ("sum", "mean")
+# How the loss's per-step terms are reduced over time and batch: defined by `rl.losses`.
+REDUCTIONS = rl_losses.REDUCTIONS
 # Optimizers (`learning.optimizers.make_optimizer`).
 OPTIMIZERS = ("rmsprop", "adam")
 # Policy objectives (`learning.update.make_loss_fn`): IMPALA's V-trace policy gradient, or
@@ -109,46 +111,53 @@ class NetworkConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-  """The objective, V-trace (paper §4.1) and loss (§4.2) coefficients.
+  """The objective, the discount, and the objective's settings (V-trace, paper §4.1; the
+  loss, §4.2). The objective's settings and their defaults (the paper's) are defined once, in
+  `rl.objectives.ImpalaSettings` and `AppoSettings`: these fields take their defaults from
+  there, and `settings()` hands them back as the objective's settings.
 
   Attributes:
     objective: "impala" (V-trace policy gradient, paper §4.2) or "appo" (the PPO clipped
       surrogate on V-trace advantages, see `rl.objectives.appo_loss`).
-    discount, baseline_cost, entropy_cost: γ and the loss weights.
-    clip_rho_threshold, clip_c_threshold, clip_pg_rho_threshold, lambda_: V-trace's ρ̄, c̄,
-      ρ̄_pg and λ (None: no clipping).
-    reduction: "sum" over time and batch, as in the paper (and its learning rates), or "mean"
-      over the real (unmasked) transitions.
-    clip_epsilon: APPO's ε: the ratio r is clipped to [1 − ε, 1 + ε].
+    discount: γ (`learning.update.learner_inputs`).
+    baseline_cost, entropy_cost, clip_rho_threshold, clip_c_threshold, clip_pg_rho_threshold,
+      lambda_, reduction: see `rl.objectives.ImpalaSettings`.
+    clip_epsilon, normalize_advantages: APPO's, see `rl.objectives.AppoSettings` (checked
+      for either objective).
     ppo_ratio: APPO's ratio r: π/μ against the behaviour policy ("behaviour"), or π/π_prox
       against the policy at the start of the update ("proximal", decoupled PPO).
-    normalize_advantages: APPO: standardise the advantages of each minibatch.
   """
 
   objective: str = "impala"
   discount: float = 0.99
-  baseline_cost: float = 0.5
-  entropy_cost: float = 0.01
-  clip_rho_threshold: Optional[float] = 1.0
-  clip_c_threshold: Optional[float] = 1.0
-  clip_pg_rho_threshold: Optional[float] = 1.0
-  lambda_: float = 1.0
-  reduction: str = "sum"
-  clip_epsilon: float = 0.2
-  normalize_advantages: bool = True
+  baseline_cost: float = rl_objectives.AppoSettings.baseline_cost
+  entropy_cost: float = rl_objectives.AppoSettings.entropy_cost
+  clip_rho_threshold: Optional[float] = rl_objectives.AppoSettings.clip_rho_threshold
+  clip_c_threshold: Optional[float] = rl_objectives.AppoSettings.clip_c_threshold
+  clip_pg_rho_threshold: Optional[float] = rl_objectives.AppoSettings.clip_pg_rho_threshold
+  lambda_: float = rl_objectives.AppoSettings.lambda_
+  reduction: str = rl_objectives.AppoSettings.reduction
+  clip_epsilon: float = rl_objectives.AppoSettings.clip_epsilon
+  normalize_advantages: bool = rl_objectives.AppoSettings.normalize_advantages
   ppo_ratio: str = "behaviour"
 
   def __post_init__(self):
     _require(self.objective in OBJECTIVES,
              f"Unknown objective {self.objective!r}; accepted: {', '.join(OBJECTIVES)}.")
     _require(0.0 <= self.discount <= 1.0, f"discount must be in [0, 1], got {self.discount}.")
-    _require(0.0 <= self.lambda_ <= 1.0, f"lambda_ must be in [0, 1], got {self.lambda_}.")
-    _require(self.reduction in REDUCTIONS,
-             f"Unknown loss reduction {self.reduction!r}; accepted: {', '.join(REDUCTIONS)}.")
-    _require(0.0 < self.clip_epsilon < 1.0,
-             f"clip_epsilon must be in (0, 1), got {self.clip_epsilon}.")
     _require(self.ppo_ratio in PPO_RATIOS,
              f"Unknown ppo_ratio {self.ppo_ratio!r}; accepted: {', '.join(PPO_RATIOS)}.")
+    self._settings(rl_objectives.AppoSettings)  # Checks every setting, APPO's too.
+
+  def _settings(self, settings_class):
+    return settings_class(**{field.name: getattr(self, field.name)
+                             for field in dataclasses.fields(settings_class)})
+
+  def settings(self) -> rl_objectives.ImpalaSettings:
+    """The objective's settings: `rl.objectives.AppoSettings` for "appo", else
+    `ImpalaSettings`."""
+    return self._settings(rl_objectives.AppoSettings if self.objective == "appo" else
+                          rl_objectives.ImpalaSettings)
 
 
 # Environments per actor thread: EnvPool's throughput per Python step grows with the pool, and

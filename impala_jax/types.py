@@ -15,7 +15,8 @@ Timestep alignment (index t = 0..T, following EnvPool's "next-step autoreset"):
   policy_version[t]      version of the parameters that chose a_t.
 
 When x_t ends an episode (terminated or truncated), EnvPool ignores a_t and resets: step t is
-not a real transition and the learner masks it out (`learning.update.learner_inputs`).
+not a real transition and the learner masks it out (`learning.update.learner_inputs`, which
+aligns an unroll's records into the per-step `Transitions` the objectives score).
 """
 
 from typing import Any, Callable, NamedTuple
@@ -54,6 +55,29 @@ class Unroll(NamedTuple):
   behaviour_log_prob: np.ndarray
   policy_version: np.ndarray
   core_state: CoreState
+
+
+class Transitions(NamedTuple):
+  """Steps t = 0..T-1 of B unrolls, time-major: what the objectives score (`rl.objectives`).
+
+  Step t leads from x_t to x_{t+1}; `learning.update.learner_inputs` builds these from an
+  `Unroll`'s timestep records (module docstring).
+
+  Attributes:
+    actions: `[T, B]` int (discrete) or `[T, B, action_dim]` float (continuous) a_t.
+    behaviour_log_probs: `[T, B]` float log μ(a_t|x_t), recorded by the actor.
+    rewards: `[T, B]` float r_t, the reward that arrives with x_{t+1}.
+    discounts: `[T, B]` float γ_t: 0 where x_{t+1} is terminal, γ where it was only
+      truncated (the step still bootstraps from V(x_{t+1})).
+    mask: `[T, B]` float, 1 for a real transition, 0 where x_t ended an episode and EnvPool
+      ignored a_t (its autoreset step). Must be 0 or 1.
+  """
+
+  actions: np.ndarray
+  behaviour_log_probs: np.ndarray
+  rewards: np.ndarray
+  discounts: np.ndarray
+  mask: np.ndarray
 
 
 class HostBatch(NamedTuple):

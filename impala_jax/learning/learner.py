@@ -13,17 +13,17 @@ the learner loop can transfer the next batch while the current update runs:
 `step(batch)` does all three. `params()` hands the current parameters to the inference server.
 """
 
-from typing import Any, Dict, NamedTuple, Sequence
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from impala_jax import config as config_lib
 from impala_jax import stage_clock
 from impala_jax import types
-from impala_jax.learning import optimizers
 from impala_jax.learning import update as update_lib
 from impala_jax.learning.update import TrainState
 
@@ -54,21 +54,34 @@ class Learner:
   the update's `pmean` averages gradients over all of them (Sebulba's layout).
   """
 
-  def __init__(self, apply_fn, params: Any, config: config_lib.TrainConfig,
-               devices: Sequence[jax.Device] = None):
+  def __init__(self, apply_fn: Callable[..., Any], params: Any,
+               optimizer: optax.GradientTransformation, loss: config_lib.LossConfig, *,
+               num_epochs: int, num_minibatches: int, seed: int, unroll_steps: bool,
+               devices: Optional[Sequence[jax.Device]] = None):
+    """Replicates `params` and the optimizer's state over the devices and builds the update.
+
+    Args:
+      apply_fn: the network's `apply` (`update.make_update_fn`).
+      params: the initial parameters.
+      optimizer: an optax transformation (`optimizers.make_optimizer`).
+      loss: the objective and its settings.
+      num_epochs, num_minibatches, seed: passes over each batch, optimizer steps per pass and
+        the seed of their shuffling (`update.make_update_fn`). Each device's share of a batch
+        must divide by num_minibatches (`TrainConfig.check_devices` says so before a run).
+      unroll_steps: run the optimizer steps as an unrolled loop rather than a scan: True for
+        a convolutional torso (`ImpalaNetwork.convolutional`, see `learning.update`).
+      devices: the local devices to use; None: all of them.
+    """
     self._devices = list(devices or jax.local_devices())
     # Multi-process: pmap over the global devices (None), fed with process-local shards.
     self._multi_process = jax.process_count() > 1
     if self._multi_process and devices is not None:
       raise ValueError("A multi-process learner uses every local device; pass no devices.")
     self._pmap_devices = None if self._multi_process else self._devices
-    config.check_devices(len(self._devices))
-    self._optimizer = optimizers.make_optimizer(config.optimizer,
-                                                config.anneal_optimizer_steps)
+    self._optimizer = optimizer
     update = update_lib.make_update_fn(
-        apply_fn, self._optimizer, config.loss, num_epochs=config.num_epochs,
-        num_minibatches=config.num_minibatches, seed=config.seed, axis_name=_AXIS,
-        unroll_steps=config.network.torso in config_lib.IMAGE_TORSOS)
+        apply_fn, optimizer, loss, num_epochs=num_epochs, num_minibatches=num_minibatches,
+        seed=seed, axis_name=_AXIS, unroll_steps=unroll_steps)
     self._update = jax.pmap(update, axis_name=_AXIS, devices=self._pmap_devices,
                             donate_argnums=(0,))
     self._state = self._replicate(

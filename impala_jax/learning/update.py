@@ -39,44 +39,21 @@ class TrainState(NamedTuple):
   update_step: jax.Array  # int32 scalar, learner updates (batches) applied so far
 
 
-class LearnerInputs(NamedTuple):
-  """What the loss needs, derived from a time-major Unroll batch `[T+1, B]` (types.py)."""
-
-  actions: jax.Array  # [T, B] a_t
-  behaviour_log_probs: jax.Array  # [T, B] log μ(a_t|x_t)
-  rewards: jax.Array  # [T, B] r_t, the reward that arrives with x_{t+1}
-  discounts: jax.Array  # [T, B] γ_t = γ (1 − terminated(x_{t+1}))
-  mask: jax.Array  # [T, B] 1 where step t is a real transition, 0 for EnvPool's autoreset step
-
-
-def learner_inputs(unroll: types.Unroll, discount: float) -> LearnerInputs:
-  """Aligns the actor's timestep records into per-transition arrays (see `types.py`).
+def learner_inputs(unroll: types.Unroll, discount: float) -> types.Transitions:
+  """Aligns the actor's timestep records `[T+1, B]` into per-transition arrays `[T, B]`.
 
   Step t leads from x_t to x_{t+1}: its reward and termination arrive with x_{t+1}. When x_t
   itself ended an episode (terminated or truncated) EnvPool ignores a_t and resets, so step t
   is masked. A truncated x_{t+1} keeps γ_t = γ: the step before a time limit still bootstraps
-  from V(x_{t+1}).
+  from V(x_{t+1}). See `types.py` for both layouts.
   """
   done = jnp.logical_or(unroll.terminated, unroll.truncated)
-  return LearnerInputs(
+  return types.Transitions(
       actions=unroll.action[:-1],
       behaviour_log_probs=unroll.behaviour_log_prob[:-1],
       rewards=unroll.reward[1:],
       discounts=discount * (1.0 - unroll.terminated[1:].astype(jnp.float32)),
       mask=1.0 - done[:-1].astype(jnp.float32))
-
-
-def _objective_kwargs(loss_config: config_lib.LossConfig) -> Dict[str, Any]:
-  kwargs = dict(
-      baseline_cost=loss_config.baseline_cost, entropy_cost=loss_config.entropy_cost,
-      clip_rho_threshold=loss_config.clip_rho_threshold,
-      clip_c_threshold=loss_config.clip_c_threshold,
-      clip_pg_rho_threshold=loss_config.clip_pg_rho_threshold,
-      lambda_=loss_config.lambda_, reduction=loss_config.reduction)
-  if loss_config.objective == "appo":
-    kwargs.update(clip_epsilon=loss_config.clip_epsilon,
-                  normalize_advantages=loss_config.normalize_advantages)
-  return kwargs
 
 
 _OBJECTIVES = {"impala": objectives.impala_loss, "appo": objectives.appo_loss}
@@ -89,16 +66,15 @@ def make_loss_fn(apply_fn: Callable[..., Any], loss_config: config_lib.LossConfi
   bootstrap value; the objective (`loss_config.objective`) scores steps 0..T-1.
   """
   objective = _OBJECTIVES[loss_config.objective]
-  kwargs = _objective_kwargs(loss_config)
+  settings = loss_config.settings()
 
   def loss_fn(params, unroll: types.Unroll, proximal_log_probs=None):
     output, _ = apply_fn(params, unroll.observation, unroll.first, unroll.core_state)
-    inputs = learner_inputs(unroll, loss_config.discount)
+    transitions = learner_inputs(unroll, loss_config.discount)
     policy = jax.tree.map(lambda x: x[:-1], output.policy)
     extra = {} if proximal_log_probs is None else {"proximal_log_probs": proximal_log_probs}
-    return objective(policy, output.value[:-1], output.value[-1], inputs.actions,
-                     inputs.behaviour_log_probs, inputs.rewards, inputs.discounts, inputs.mask,
-                     **kwargs, **extra)
+    return objective(policy, output.value[:-1], output.value[-1], transitions, settings,
+                     **extra)
 
   return loss_fn
 
@@ -146,6 +122,68 @@ def pmean_as_one_buffer(tree: Any, axis_name: str) -> Any:
   return unflatten(jax.lax.pmean(flat, axis_name))
 
 
+def _make_gradient_step(loss_fn: Callable[..., Any], optimizer: optax.GradientTransformation,
+                        axis_name: str, reduction: str):
+  """`step(params, opt_state, minibatch) -> (params, opt_state, metrics, finite)`: one optax
+  step on `(unroll [T+1, b], proximal log-probs [T, b] or None)`, gradients over all devices."""
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def gradient_step(params, opt_state, minibatch):
+    unroll, proximal = minibatch
+    (_, metrics), grads = grad_fn(params, unroll, proximal)
+    grads = pmean_as_one_buffer(grads, axis_name)
+    if reduction == "sum":
+      # Each device summed over its share of the batch; the paper's loss sums over all of it.
+      grads = jax.tree.map(lambda g: g * jax.lax.psum(1, axis_name), grads)
+    metrics = pmean_as_one_buffer(metrics, axis_name)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    finite = jnp.logical_and(jnp.isfinite(metrics["loss"]), jnp.isfinite(metrics["grad_norm"]))
+    return optax.apply_updates(params, updates), opt_state, metrics, finite
+
+  return gradient_step
+
+
+def _minibatch_order(update_key: jax.Array, batch_size: int, num_epochs: int,
+                     num_minibatches: int) -> jax.Array:
+  """`[num_epochs, num_minibatches, batch_size / num_minibatches]` unroll indices."""
+  return jnp.stack([
+      jnp.stack(_minibatch_indices(jax.random.fold_in(update_key, epoch), batch_size,
+                                   num_minibatches))
+      for epoch in range(num_epochs)])
+
+
+def _unrolled_steps(gradient_step, params, opt_state, batch, order):
+  """The steps as a Python loop, unrolled into the jitted program (see module docstring).
+
+  `order` is `_minibatch_order`'s `[num_epochs, num_minibatches, b]`; returns the new params
+  and optimizer state, the metrics averaged over the steps, and whether all were finite.
+  """
+  num_epochs, num_minibatches = order.shape[:2]
+  all_finite, step_metrics = jnp.array(True), []
+  for epoch in range(num_epochs):
+    for i in range(num_minibatches):
+      minibatch = batch if num_minibatches == 1 else _select_minibatch(batch, order[epoch, i])
+      params, opt_state, metrics, finite = gradient_step(params, opt_state, minibatch)
+      all_finite = jnp.logical_and(all_finite, finite)
+      step_metrics.append(metrics)
+  metrics = jax.tree.map(lambda *m: jnp.mean(jnp.stack(m)), *step_metrics)
+  return params, opt_state, metrics, all_finite
+
+
+def _scanned_steps(gradient_step, params, opt_state, batch, order):
+  """`_unrolled_steps` as one `lax.scan`: compile time independent of the number of steps."""
+  def body(carry, indices):
+    params, opt_state = carry
+    minibatch = _select_minibatch(batch, indices)
+    params, opt_state, metrics, finite = gradient_step(params, opt_state, minibatch)
+    return (params, opt_state), (metrics, finite)
+
+  flat_order = order.reshape((order.shape[0] * order.shape[1], -1))
+  (params, opt_state), (metrics, finite) = jax.lax.scan(body, (params, opt_state), flat_order)
+  return params, opt_state, jax.tree.map(jnp.mean, metrics), jnp.all(finite)
+
+
 def make_update_fn(apply_fn: Callable[..., Any], optimizer: optax.GradientTransformation,
                    loss_config: config_lib.LossConfig, *, num_epochs: int = 1,
                    num_minibatches: int = 1, seed: int = 0, axis_name: str = AXIS,
@@ -168,73 +206,33 @@ def make_update_fn(apply_fn: Callable[..., Any], optimizer: optax.GradientTransf
 
   Returns:
     `update(state, batch) -> (state, metrics)` where `batch` is a time-major `Unroll` with
-    leaves `[T+1, B, ...]` (this device's share) and core_state leaves `[B, ...]`. Metrics are means
-    over the update's optimizer steps. An update with a non-finite loss or gradient in any
-    step is not applied (state unchanged) and reports `metrics["finite"] = 0`, so the caller
-    can stop with the last good state intact.
+    leaves `[T+1, B, ...]` (this device's share) and core_state leaves `[B, ...]`. Metrics
+    are means over the update's optimizer steps. An update with a non-finite loss or gradient
+    in any step is not applied (state unchanged) and reports `metrics["finite"] = 0`, so the
+    caller can stop with the last good state intact.
+
+  Raises:
+    ValueError: when traced on a batch whose unrolls don't split into `num_minibatches`.
   """
   loss_fn = make_loss_fn(apply_fn, loss_config)
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  gradient_step = _make_gradient_step(loss_fn, optimizer, axis_name, loss_config.reduction)
   base_key = jax.random.PRNGKey(seed)
   use_proximal = loss_config.objective == "appo" and loss_config.ppo_ratio == "proximal"
   proximal_log_probs_fn = make_proximal_log_probs_fn(apply_fn)
-
-  def gradient_step(params, opt_state, minibatch):
-    """One optax step on `(unroll [T+1, b], proximal log-probs [T, b] or None)`."""
-    unroll, proximal = minibatch
-    (_, metrics), grads = grad_fn(params, unroll, proximal)
-    grads = pmean_as_one_buffer(grads, axis_name)
-    if loss_config.reduction == "sum":
-      # Each device summed over its share of the batch; the paper's loss sums over all of it.
-      grads = jax.tree.map(lambda g: g * jax.lax.psum(1, axis_name), grads)
-    metrics = pmean_as_one_buffer(metrics, axis_name)
-    metrics["grad_norm"] = optax.global_norm(grads)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    finite = jnp.logical_and(jnp.isfinite(metrics["loss"]), jnp.isfinite(metrics["grad_norm"]))
-    return optax.apply_updates(params, updates), opt_state, metrics, finite
-
-  def minibatch_order(update_key: jax.Array, batch_size: int) -> jax.Array:
-    """`[num_epochs, num_minibatches, batch_size / num_minibatches]` unroll indices."""
-    return jnp.stack([
-        jnp.stack(_minibatch_indices(jax.random.fold_in(update_key, epoch), batch_size,
-                                     num_minibatches))
-        for epoch in range(num_epochs)])
-
-  def unrolled_steps(params, opt_state, batch, order):
-    """The steps as a Python loop, unrolled into the jitted program (see module docstring)."""
-    all_finite, step_metrics = jnp.array(True), []
-    for epoch in range(num_epochs):
-      for i in range(num_minibatches):
-        minibatch = batch if num_minibatches == 1 else _select_minibatch(batch, order[epoch, i])
-        params, opt_state, metrics, finite = gradient_step(params, opt_state, minibatch)
-        all_finite = jnp.logical_and(all_finite, finite)
-        step_metrics.append(metrics)
-    metrics = jax.tree.map(lambda *m: jnp.mean(jnp.stack(m)), *step_metrics)
-    return params, opt_state, metrics, all_finite
-
-  def scanned_steps(params, opt_state, batch, order):
-    """The steps as one `lax.scan`: compile time independent of their number."""
-    def body(carry, indices):
-      params, opt_state = carry
-      minibatch = _select_minibatch(batch, indices)
-      params, opt_state, metrics, finite = gradient_step(params, opt_state, minibatch)
-      return (params, opt_state), (metrics, finite)
-
-    flat_order = order.reshape((num_epochs * num_minibatches, -1))
-    (params, opt_state), (metrics, finite) = jax.lax.scan(body, (params, opt_state),
-                                                          flat_order)
-    return params, opt_state, jax.tree.map(jnp.mean, metrics), jnp.all(finite)
-
   # One step needs no loop: the unrolled form is then the plain program (no gather, no scan).
   single_step = num_epochs * num_minibatches == 1
-  steps = unrolled_steps if unroll_steps or single_step else scanned_steps
+  steps = _unrolled_steps if unroll_steps or single_step else _scanned_steps
 
   def update(state: TrainState, batch: types.Unroll) -> Tuple[TrainState, Dict[str, jax.Array]]:
-    order = minibatch_order(jax.random.fold_in(base_key, state.update_step),
-                            batch.reward.shape[1])
+    batch_size = batch.reward.shape[1]
+    if batch_size % num_minibatches:  # Checked once, while tracing: the shapes are static.
+      raise ValueError(f"This device's {batch_size} unrolls do not split into "
+                       f"num_minibatches={num_minibatches} minibatches of whole unrolls.")
+    order = _minibatch_order(jax.random.fold_in(base_key, state.update_step), batch_size,
+                             num_epochs, num_minibatches)
     proximal = proximal_log_probs_fn(state.params, batch) if use_proximal else None
-    params, opt_state, metrics, all_finite = steps(state.params, state.opt_state,
-                                                   (batch, proximal), order)
+    params, opt_state, metrics, all_finite = steps(gradient_step, state.params,
+                                                   state.opt_state, (batch, proximal), order)
     new_state = TrainState(params, opt_state, state.update_step + 1)
     new_state = jax.tree.map(lambda new, old: jnp.where(all_finite, new, old), new_state, state)
     metrics["finite"] = all_finite.astype(jnp.float32)

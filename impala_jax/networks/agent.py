@@ -105,6 +105,12 @@ class ImpalaNetwork(nn.Module):
           f"{self.mlp_hidden_sizes!r}.")
     super().__post_init__()
 
+  @property
+  def convolutional(self) -> bool:
+    """Whether the torso convolves images ("shallow", "nature", "deep"): the learner then runs
+    its optimizer steps as an unrolled loop, not a scan (`learning.update`)."""
+    return self.torso in config_lib.IMAGE_TORSOS
+
   @nn.nowrap
   def initial_state(self, batch_size: int) -> types.CoreState:
     """Zero core state for `batch_size` environments; callable on an unbound module.

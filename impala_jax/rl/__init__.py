@@ -8,7 +8,9 @@ from impala_jax.rl.distributions import Categorical
 from impala_jax.rl.distributions import DiagGaussian
 from impala_jax.rl.distributions import Distribution
 from impala_jax.rl.objectives import appo_loss
+from impala_jax.rl.objectives import AppoSettings
 from impala_jax.rl.objectives import impala_loss
+from impala_jax.rl.objectives import ImpalaSettings
 from impala_jax.rl.vtrace import VTraceOutput
 # `vtrace`, the function, is `impala_jax.rl.vtrace.vtrace` (and `impala_jax.vtrace`): exporting
 # it here would hide the module of the same name.

@@ -19,15 +19,18 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from impala_jax import config as config_lib
+from impala_jax import types
 from impala_jax.rl import vtrace as vtrace_lib
 
 Array = chex.Array
 
-REDUCTIONS = config_lib.REDUCTIONS
+# How the per-step terms are reduced over time and batch (module docstring). The one list of
+# them: `config.LossConfig` and the flags read it from here.
+REDUCTIONS = ("sum", "mean")
 
 
 def check_reduction(reduction: str) -> None:
+  """Raises ValueError, naming the accepted ones, for a `reduction` not in `REDUCTIONS`."""
   if reduction not in REDUCTIONS:
     raise ValueError(
         f"Unknown loss reduction {reduction!r}; accepted: {', '.join(REDUCTIONS)}.")
@@ -55,36 +58,35 @@ def reduce_steps(per_step: Array, mask: Array, reduction: str) -> Array:
 
 def vtrace_targets(
     target_log_probs: Array,
-    behaviour_log_probs: Array,
     values: Array,
     bootstrap_value: Array,
-    rewards: Array,
-    discounts: Array,
-    mask: Array,
+    transitions: types.Transitions,
     *,
-    clip_rho_threshold: Optional[float] = 1.0,
-    clip_c_threshold: Optional[float] = 1.0,
-    clip_pg_rho_threshold: Optional[float] = 1.0,
-    lambda_: float = 1.0,
+    clip_rho_threshold: Optional[float],
+    clip_c_threshold: Optional[float],
+    clip_pg_rho_threshold: Optional[float],
+    lambda_: float,
 ) -> Tuple[vtrace_lib.VTraceOutput, Array]:
   """The V-trace correction of a masked batch: targets, advantages and the log-ratios.
 
   Args:
     target_log_probs: `[T, B]` log π(a_t|x_t) (any gradient is stopped here).
-    behaviour_log_probs: `[T, B]` log μ(a_t|x_t).
-    values, rewards, discounts, mask: `[T, B]`, see `impala_loss`.
+    values: `[T, B]` V(x_t).
     bootstrap_value: `[B]` V(x_T).
-    clip_rho_threshold, clip_c_threshold, clip_pg_rho_threshold, lambda_: ρ̄, c̄, ρ̄_pg, λ.
+    transitions: the steps' log μ(a_t|x_t), rewards, discounts and mask, `[T, B]`
+      (`types.Transitions`; the actions are not read).
+    clip_rho_threshold, clip_c_threshold, clip_pg_rho_threshold, lambda_: ρ̄, c̄, ρ̄_pg, λ
+      (`rl.objectives.ImpalaSettings`).
 
   Returns:
     `(VTraceOutput(vs, pg_advantages), log_rhos)`, all `[T, B]` and constant for the gradient;
     `log_rhos` is log π − log μ unmasked (for metrics), V-trace saw −inf at masked steps.
   """
-  log_rhos = jax.lax.stop_gradient(target_log_probs) - behaviour_log_probs
-  # −inf at masked steps makes ρ = c = 0 there exactly (module docstring).
-  masked_log_rhos = jnp.where(mask > 0, log_rhos, -jnp.inf)
+  log_rhos = jax.lax.stop_gradient(target_log_probs) - transitions.behaviour_log_probs
+  # −inf at masked steps makes ρ = c = 0 there exactly (`rl.objectives` module docstring).
+  masked_log_rhos = jnp.where(transitions.mask > 0, log_rhos, -jnp.inf)
   targets = vtrace_lib.vtrace(
-      masked_log_rhos, discounts, rewards, values, bootstrap_value,
+      masked_log_rhos, transitions.discounts, transitions.rewards, values, bootstrap_value,
       clip_rho_threshold=clip_rho_threshold, clip_c_threshold=clip_c_threshold,
       clip_pg_rho_threshold=clip_pg_rho_threshold, lambda_=lambda_)
   return targets, log_rhos

@@ -3,7 +3,9 @@
   impala_loss = policy_gradient + baseline_cost · baseline + entropy_cost · entropy  (paper §4.2)
   appo_loss   = clipped_surrogate + baseline_cost · baseline + entropy_cost · entropy
 
-both on V-trace targets and advantages (`losses.vtrace_targets`, paper §4.1).
+both on V-trace targets and advantages (`losses.vtrace_targets`, paper §4.1), scoring a batch of
+`types.Transitions`. Their settings, `ImpalaSettings` and `AppoSettings`, hold the paper's
+defaults (Table G.1).
 
 By default APPO follows Sample Factory's definition (Petrenko et al. 2020, "Sample Factory",
 §3.3 and its `learner.py`): the ratio is taken against the behaviour policy μ that acted, the
@@ -40,6 +42,7 @@ exact, not an approximation, and nothing of the next episode leaks into the targ
 per-step terms at s are then dropped from every sum by the mask.
 """
 
+import dataclasses
 import math
 from typing import Dict, Optional, Tuple
 
@@ -47,27 +50,81 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from impala_jax import types
 from impala_jax.rl import distributions
 from impala_jax.rl import losses
 
 Array = chex.Array
-REDUCTIONS = losses.REDUCTIONS
 
 
-def _check_inputs(policy, values, bootstrap_value, actions, behaviour_log_probs, rewards,
-                  discounts, mask) -> None:
-  chex.assert_rank([values, bootstrap_value, behaviour_log_probs, rewards, discounts, mask],
-                   [2, 1, 2, 2, 2, 2])
-  chex.assert_type([values, bootstrap_value, behaviour_log_probs, rewards, discounts, mask],
-                   float)
-  chex.assert_equal_shape([values, behaviour_log_probs, rewards, discounts, mask])
+@dataclasses.dataclass(frozen=True)
+class ImpalaSettings:
+  """The IMPALA objective's settings. The defaults are the paper's (Table G.1), and this is
+  their one source: `config.LossConfig` takes its defaults from these fields.
+
+  Attributes:
+    baseline_cost: weight of the baseline loss (paper: 0.5).
+    entropy_cost: weight of the entropy bonus (paper: 0.01).
+    clip_rho_threshold, clip_c_threshold, clip_pg_rho_threshold: V-trace's ρ̄, c̄ and ρ̄_pg
+      (paper: 1; None: no clipping).
+    lambda_: V-trace's λ (paper: 1).
+    reduction: "sum" over time and batch (the paper, whose learning rates assume that scale),
+      or "mean" over real steps (each sum divided by max(Σ mask, 1)); see `losses.REDUCTIONS`.
+
+  Raises:
+    ValueError: an unknown `reduction`, or λ outside [0, 1].
+  """
+
+  baseline_cost: float = 0.5
+  entropy_cost: float = 0.01
+  clip_rho_threshold: Optional[float] = 1.0
+  clip_c_threshold: Optional[float] = 1.0
+  clip_pg_rho_threshold: Optional[float] = 1.0
+  lambda_: float = 1.0
+  reduction: str = "sum"
+
+  def __post_init__(self):
+    if not 0.0 <= self.lambda_ <= 1.0:
+      raise ValueError(f"lambda_ must be in [0, 1], got {self.lambda_}.")
+    losses.check_reduction(self.reduction)
+
+
+@dataclasses.dataclass(frozen=True)
+class AppoSettings(ImpalaSettings):
+  """APPO's settings: IMPALA's (the baseline and entropy terms and V-trace are shared) plus
+  the clipped surrogate's.
+
+  Attributes:
+    clip_epsilon: ε of the clip range [1 − ε, 1 + ε] of the ratio r (PPO's 0.2).
+    normalize_advantages: standardise the advantages over each minibatch's real steps.
+
+  Raises:
+    ValueError: as `ImpalaSettings`, or ε outside (0, 1).
+  """
+
+  clip_epsilon: float = 0.2
+  normalize_advantages: bool = True
+
+  def __post_init__(self):
+    super().__post_init__()
+    if not 0.0 < self.clip_epsilon < 1.0:
+      raise ValueError(f"clip_epsilon must be in (0, 1), got {self.clip_epsilon}.")
+
+
+def _check_inputs(policy, values, bootstrap_value, transitions: types.Transitions) -> None:
+  floats = [values, bootstrap_value, transitions.behaviour_log_probs, transitions.rewards,
+            transitions.discounts, transitions.mask]
+  chex.assert_rank(floats, [2, 1, 2, 2, 2, 2])
+  chex.assert_type(floats, float)
+  chex.assert_equal_shape([values, transitions.behaviour_log_probs, transitions.rewards,
+                           transitions.discounts, transitions.mask])
   if isinstance(policy, distributions.Categorical):
-    chex.assert_rank(actions, 2)
-    chex.assert_type(actions, int)
+    chex.assert_rank(transitions.actions, 2)
+    chex.assert_type(transitions.actions, int)
   else:
-    chex.assert_rank(actions, 3)
-    chex.assert_type(actions, float)
-  chex.assert_equal_shape_prefix([actions, values], 2)
+    chex.assert_rank(transitions.actions, 3)
+    chex.assert_type(transitions.actions, float)
+  chex.assert_equal_shape_prefix([transitions.actions, values], 2)
 
 
 def _rho_clipped_fraction(log_rhos: Array, mask: Array,
@@ -79,11 +136,10 @@ def _rho_clipped_fraction(log_rhos: Array, mask: Array,
   return losses.masked_mean((log_rhos > log_threshold).astype(log_rhos.dtype), mask)
 
 
-def _loss_and_metrics(policy_loss, baseline, entropy_term, *, baseline_cost, entropy_cost,
-                      entropy, values, targets, log_rhos, mask, clip_rho_threshold,
-                      extra=None):
-  baseline_term = baseline_cost * baseline
-  entropy_term = entropy_cost * entropy_term
+def _loss_and_metrics(policy_loss, baseline, entropy_term, settings: ImpalaSettings, *,
+                      entropy, values, targets, log_rhos, mask, extra=None):
+  baseline_term = settings.baseline_cost * baseline
+  entropy_term = settings.entropy_cost * entropy_term
   loss = policy_loss + baseline_term + entropy_term
   mean = lambda x: jax.lax.stop_gradient(losses.masked_mean(x, mask))
   metrics = {
@@ -93,7 +149,8 @@ def _loss_and_metrics(policy_loss, baseline, entropy_term, *, baseline_cost, ent
       "entropy_loss": entropy_term,
       "entropy": mean(entropy),
       "rho_mean": mean(jnp.exp(log_rhos)),
-      "rho_clipped_fraction": _rho_clipped_fraction(log_rhos, mask, clip_rho_threshold),
+      "rho_clipped_fraction": _rho_clipped_fraction(log_rhos, mask,
+                                                    settings.clip_rho_threshold),
       "value_mean": mean(values),
       "vs_mean": mean(targets.vs),
       "pg_advantage_mean": mean(targets.pg_advantages),
@@ -107,19 +164,8 @@ def impala_loss(
     policy: distributions.Distribution,
     values: Array,
     bootstrap_value: Array,
-    actions: Array,
-    behaviour_log_probs: Array,
-    rewards: Array,
-    discounts: Array,
-    mask: Array,
-    *,
-    baseline_cost: float = 0.5,
-    entropy_cost: float = 0.01,
-    clip_rho_threshold: Optional[float] = 1.0,
-    clip_c_threshold: Optional[float] = 1.0,
-    clip_pg_rho_threshold: Optional[float] = 1.0,
-    lambda_: float = 1.0,
-    reduction: str = "sum",
+    transitions: types.Transitions,
+    settings: ImpalaSettings = ImpalaSettings(),
 ) -> Tuple[Array, Dict[str, Array]]:
   """The IMPALA loss (paper §4.2) on a time-major batch of unrolls.
 
@@ -128,73 +174,48 @@ def impala_loss(
       (mean, log_std `[T, B, D]`), from the learner's parameters.
     values: `[T, B]` V(x_t) from the learner's parameters.
     bootstrap_value: `[B]` V(x_T).
-    actions: `[T, B]` int (Categorical) or `[T, B, D]` float (DiagGaussian) actions a_t.
-    behaviour_log_probs: `[T, B]` log μ(a_t|x_t), recorded by the actor.
-    rewards: `[T, B]` r_t.
-    discounts: `[T, B]` γ_t, the discount after step t: 0 where x_{t+1} is terminal, γ where it
-      was only truncated (see `impala_jax.rl.vtrace`).
-    mask: `[T, B]` float, 1 for a real transition, 0 for an autoreset step whose action the
-      environment ignored. Must be 0 or 1; masked steps contribute nothing and cut the trace
-      (module docstring).
-    baseline_cost: weight of the baseline loss.
-    entropy_cost: weight of the entropy bonus.
-    clip_rho_threshold, clip_c_threshold, clip_pg_rho_threshold, lambda_: V-trace's ρ̄, c̄,
-      ρ̄_pg and λ (None: no clipping).
-    reduction: "sum" over time and batch (the paper), or "mean" over real steps (each sum
-      divided by max(Σ mask, 1)).
+    transitions: the steps scored (`types.Transitions`): actions a_t (`[T, B]` int for a
+      Categorical, `[T, B, D]` float for a DiagGaussian), log μ(a_t|x_t) recorded by the
+      actor, rewards r_t, discounts γ_t (0 where x_{t+1} is terminal, γ where it was only
+      truncated, see `impala_jax.rl.vtrace`) and the 0/1 mask; masked steps contribute
+      nothing and cut the trace (module docstring).
+    settings: the loss weights, V-trace's ρ̄, c̄, ρ̄_pg and λ, and the reduction; the paper's
+      by default.
 
   Returns:
     (loss, metrics): the scalar loss to minimise and a dict of scalar metrics: loss,
     policy_loss, baseline_loss, entropy_loss, entropy, rho_mean (unclipped π/μ),
     rho_clipped_fraction (π/μ > ρ̄), value_mean, vs_mean, pg_advantage_mean; all means are
     over real steps.
-
-  Raises:
-    ValueError: for an unknown `reduction`.
   """
-  losses.check_reduction(reduction)
-  _check_inputs(policy, values, bootstrap_value, actions, behaviour_log_probs, rewards,
-                discounts, mask)
-  log_probs = policy.log_prob(actions)  # [T, B], carries the policy gradient.
+  _check_inputs(policy, values, bootstrap_value, transitions)
+  mask, reduction = transitions.mask, settings.reduction
+  log_probs = policy.log_prob(transitions.actions)  # [T, B], carries the policy gradient.
   targets, log_rhos = losses.vtrace_targets(
-      log_probs, behaviour_log_probs, values, bootstrap_value, rewards, discounts, mask,
-      clip_rho_threshold=clip_rho_threshold, clip_c_threshold=clip_c_threshold,
-      clip_pg_rho_threshold=clip_pg_rho_threshold, lambda_=lambda_)
+      log_probs, values, bootstrap_value, transitions,
+      clip_rho_threshold=settings.clip_rho_threshold,
+      clip_c_threshold=settings.clip_c_threshold,
+      clip_pg_rho_threshold=settings.clip_pg_rho_threshold, lambda_=settings.lambda_)
   entropy = policy.entropy()  # [T, B]
   return _loss_and_metrics(
       losses.policy_gradient_loss(log_probs, targets.pg_advantages, mask, reduction),
       losses.baseline_loss(values, targets.vs, mask, reduction),
       losses.entropy_loss(entropy, mask, reduction),
-      baseline_cost=baseline_cost, entropy_cost=entropy_cost, entropy=entropy, values=values,
-      targets=targets, log_rhos=log_rhos, mask=mask, clip_rho_threshold=clip_rho_threshold)
+      settings, entropy=entropy, values=values, targets=targets, log_rhos=log_rhos, mask=mask)
 
 
 def appo_loss(
     policy: distributions.Distribution,
     values: Array,
     bootstrap_value: Array,
-    actions: Array,
-    behaviour_log_probs: Array,
-    rewards: Array,
-    discounts: Array,
-    mask: Array,
-    *,
-    clip_epsilon: float = 0.2,
-    normalize_advantages: bool = True,
-    baseline_cost: float = 0.5,
-    entropy_cost: float = 0.01,
-    clip_rho_threshold: Optional[float] = 1.0,
-    clip_c_threshold: Optional[float] = 1.0,
-    clip_pg_rho_threshold: Optional[float] = 1.0,
-    lambda_: float = 1.0,
-    reduction: str = "sum",
+    transitions: types.Transitions,
+    settings: AppoSettings = AppoSettings(),
     proximal_log_probs: Optional[Array] = None,
 ) -> Tuple[Array, Dict[str, Array]]:
   """APPO: the PPO clipped surrogate on V-trace advantages (module docstring).
 
   Arguments as `impala_loss`, plus:
-    clip_epsilon: ε of the clip range [1 − ε, 1 + ε] of the ratio r.
-    normalize_advantages: standardise the advantages over this batch's real steps.
+    settings: `impala_loss`'s, plus the clip range ε and whether to standardise advantages.
     proximal_log_probs: `[T, B]` log π_prox(a_t|x_t) from the parameters at the start of the
       update, or None. Given, r = π/π_prox and V-trace weighs by π_prox/μ (decoupled PPO,
       module docstring); None: r = π/μ and V-trace weighs by π/μ (Sample Factory).
@@ -204,36 +225,35 @@ def appo_loss(
     lies outside the clip range) and `approx_kl` (mean of (r − 1) − log r, an estimate of
     the KL divergence from the ratio's reference policy to π, ≥ 0).
   """
-  losses.check_reduction(reduction)
-  _check_inputs(policy, values, bootstrap_value, actions, behaviour_log_probs, rewards,
-                discounts, mask)
-  log_probs = policy.log_prob(actions)
+  _check_inputs(policy, values, bootstrap_value, transitions)
+  mask, reduction = transitions.mask, settings.reduction
+  log_probs = policy.log_prob(transitions.actions)
   if proximal_log_probs is None:
-    reference_log_probs = behaviour_log_probs
+    reference_log_probs = transitions.behaviour_log_probs
     vtrace_log_probs = log_probs
   else:
-    chex.assert_equal_shape([proximal_log_probs, behaviour_log_probs])
+    chex.assert_equal_shape([proximal_log_probs, transitions.behaviour_log_probs])
     reference_log_probs = vtrace_log_probs = jax.lax.stop_gradient(proximal_log_probs)
   targets, log_rhos = losses.vtrace_targets(
-      vtrace_log_probs, behaviour_log_probs, values, bootstrap_value, rewards, discounts, mask,
-      clip_rho_threshold=clip_rho_threshold, clip_c_threshold=clip_c_threshold,
-      clip_pg_rho_threshold=clip_pg_rho_threshold, lambda_=lambda_)
+      vtrace_log_probs, values, bootstrap_value, transitions,
+      clip_rho_threshold=settings.clip_rho_threshold,
+      clip_c_threshold=settings.clip_c_threshold,
+      clip_pg_rho_threshold=settings.clip_pg_rho_threshold, lambda_=settings.lambda_)
   advantages = targets.pg_advantages
-  if normalize_advantages:
+  if settings.normalize_advantages:
     advantages = losses.standardize(advantages, mask)
   entropy = policy.entropy()
   log_ratio = jnp.where(mask > 0, jax.lax.stop_gradient(log_probs) - reference_log_probs, 0.0)
   ratio = jnp.exp(log_ratio)
   extra = {
       "clip_fraction": losses.masked_mean(
-          (jnp.abs(ratio - 1.0) > clip_epsilon).astype(ratio.dtype), mask),
+          (jnp.abs(ratio - 1.0) > settings.clip_epsilon).astype(ratio.dtype), mask),
       "approx_kl": losses.masked_mean((ratio - 1.0) - log_ratio, mask),
   }
   return _loss_and_metrics(
       losses.clipped_surrogate_loss(log_probs, reference_log_probs, advantages, mask,
-                                    clip_epsilon, reduction),
+                                    settings.clip_epsilon, reduction),
       losses.baseline_loss(values, targets.vs, mask, reduction),
       losses.entropy_loss(entropy, mask, reduction),
-      baseline_cost=baseline_cost, entropy_cost=entropy_cost, entropy=entropy, values=values,
-      targets=targets, log_rhos=log_rhos, mask=mask, clip_rho_threshold=clip_rho_threshold,
+      settings, entropy=entropy, values=values, targets=targets, log_rhos=log_rhos, mask=mask,
       extra=extra)

@@ -35,6 +35,7 @@ from impala_jax.distributed import multihost
 from impala_jax.distributed import peer_loss
 from impala_jax.distributed import trajectory_store
 from impala_jax.learning import learner as learner_lib
+from impala_jax.learning import optimizers
 from impala_jax.runtime import checkpoint as checkpoint_lib
 from impala_jax.runtime import learner_loop
 from impala_jax.runtime import metrics as metrics_lib
@@ -51,6 +52,17 @@ class RunSummary(NamedTuple):
   steps_per_second: float  # agent steps consumed by the learner per second, this session
   episode_returns: List[float]  # real scores of all episodes finished this session, in order
   stop_reason: str  # "completed" | "signal" | "score_reached"
+
+
+def make_learner(network: Any, params: Any,
+                 config: config_lib.TrainConfig) -> learner_lib.Learner:
+  """A run's learner: `config`'s objective, optimizer and minibatches, for `network` (an
+  `ImpalaNetwork`, or anything with its `apply` and `convolutional`) from `params`."""
+  return learner_lib.Learner(
+      network.apply, params,
+      optimizers.make_optimizer(config.optimizer, config.anneal_optimizer_steps), config.loss,
+      num_epochs=config.num_epochs, num_minibatches=config.num_minibatches, seed=config.seed,
+      unroll_steps=network.convolutional)
 
 
 class TrainingRun:
@@ -93,9 +105,8 @@ class TrainingRun:
   def run(self) -> RunSummary:
     config = self.config
     start_time = time.monotonic()
-    learner = learner_lib.Learner(
-        self._network.apply, networks.init_params(self._network, self._spec, config.seed),
-        config)
+    learner = make_learner(
+        self._network, networks.init_params(self._network, self._spec, config.seed), config)
     outputs = _Outputs(config, primary=config.process_index == 0)
     start_steps, trained_seconds = self._restore(learner, outputs.checkpointer)
     env_steps = start_steps

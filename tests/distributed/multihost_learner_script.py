@@ -33,7 +33,6 @@ def main():
   import jax
   import numpy as np
   from impala_jax import acting
-  from impala_jax.learning import learner as learner_lib
   sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
                                   "learning"))
   import test_learner as t  # The learner tests' random unrolls and small config.
@@ -47,8 +46,7 @@ def main():
                      multihost=None if not multi else config_lib.MultiHostConfig(
                          coordinator_address=f"127.0.0.1:{port}",
                          num_processes=int(num_processes), process_id=int(process)))
-  network, params = t._network_and_params(config)  # pylint: disable=protected-access
-  learner = learner_lib.Learner(network.apply, params, config)
+  learner = t._learner(config)  # pylint: disable=protected-access
   batch = acting.stack_unrolls(mine)
   for _ in range(UPDATES):
     metrics = learner.step(batch)

@@ -15,6 +15,7 @@ from impala_jax import learning as learner_lib
 from impala_jax.acting import stack_unrolls
 from impala_jax import networks
 from impala_jax import types
+from impala_jax.rl import objectives
 
 T = 5  # unroll_length; unrolls carry T+1 timesteps
 OBS_DIM = 4
@@ -102,8 +103,13 @@ def _network_and_params(config, seed=0, apply_wrapper=None):
 
 
 def _learner(config, devices=None, seed=0, apply_fn=None):
+  """The Learner as a run builds it from `config` (`runtime.training.make_learner`)."""
   network, params = _network_and_params(config, seed)
-  return learner_lib.Learner(apply_fn or network.apply, params, config, devices=devices)
+  optimizer = learner_lib.make_optimizer(config.optimizer, config.anneal_optimizer_steps)
+  return learner_lib.Learner(
+      apply_fn or network.apply, params, optimizer, config.loss, num_epochs=config.num_epochs,
+      num_minibatches=config.num_minibatches, seed=config.seed,
+      unroll_steps=network.convolutional, devices=devices)
 
 
 def test_updates_reduce_the_loss_on_a_fixed_batch_and_count_steps():
@@ -179,7 +185,7 @@ def test_lstm_learner_unrolls_from_the_recorded_core_state():
       core_state=network.initial_state(len(unrolls))))
   assert abs(float(expected_loss) - float(zero_state_loss)) > 1e-4  # The state matters here.
 
-  metrics = learner_lib.Learner(network.apply, params, config).step(stack_unrolls(unrolls))
+  metrics = _learner(config).step(stack_unrolls(unrolls))
   assert metrics["loss"] == pytest.approx(float(expected_loss), rel=1e-5)
 
 
@@ -251,6 +257,21 @@ def test_proximal_appo_starts_each_update_at_ratio_one():
   assert 0.0 < first["approx_kl"]  # Epochs 2-4 see the policy that epoch 1 moved.
 
 
+def test_loss_config_defaults_and_settings_come_from_the_rl_settings():
+  """LossConfig holds no copy of a default: its fields take rl.objectives' and hand them back."""
+  assert config_lib.LossConfig().settings() == objectives.ImpalaSettings()
+  assert config_lib.LossConfig(objective="appo").settings() == objectives.AppoSettings()
+  changed = config_lib.LossConfig(objective="appo", entropy_cost=0.02, clip_epsilon=0.1,
+                                  clip_rho_threshold=None, reduction="mean")
+  assert changed.settings() == objectives.AppoSettings(
+      entropy_cost=0.02, clip_epsilon=0.1, clip_rho_threshold=None, reduction="mean")
+  # APPO's settings are checked for IMPALA too, with rl's messages.
+  with pytest.raises(ValueError, match=r"clip_epsilon must be in \(0, 1\), got 1.5"):
+    config_lib.LossConfig(clip_epsilon=1.5)
+  with pytest.raises(ValueError, match="Unknown loss reduction 'median'; accepted: sum, mean"):
+    config_lib.LossConfig(reduction="median")
+
+
 def test_unknown_ppo_ratio_fails_naming_the_accepted_ones():
   with pytest.raises(ValueError, match="Unknown ppo_ratio 'target'; accepted: behaviour, "
                      "proximal"):
@@ -265,6 +286,28 @@ def test_minibatches_are_disjoint_and_cover_the_batch():
   assert sorted(np.concatenate(indices).tolist()) == list(range(8))
   other = update_lib._minibatch_indices(jax.random.PRNGKey(1), 8, 4)
   assert not all(np.array_equal(a, b) for a, b in zip(indices, other))  # Shuffled per key.
+
+
+def test_update_refuses_a_share_that_does_not_split_into_minibatches():
+  """The update's own guard (TrainConfig.check_devices says so earlier, naming the flags)."""
+  from impala_jax.learning import optimizers  # pylint: disable=g-import-not-at-top
+  from impala_jax.learning import update as update_lib  # pylint: disable=g-import-not-at-top
+  config = _config()
+  network, params = _network_and_params(config)
+  optimizer = optimizers.make_optimizer(config.optimizer, 10)
+  update = update_lib.make_update_fn(network.apply, optimizer, config.loss, num_minibatches=3)
+  state = update_lib.TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+  batch = stack_unrolls([make_unroll(np.random.default_rng(0)) for _ in range(4)])
+  with pytest.raises(ValueError, match="4 unrolls do not split into num_minibatches=3"):
+    jax.pmap(update, axis_name=update_lib.AXIS)(
+        jax.tree.map(lambda x: jnp.asarray(x)[None], state), jax.tree.map(lambda x: x[None], batch))
+
+
+def test_only_convolutional_torsos_unroll_the_optimizer_steps():
+  """The learner's choice of loop (learning/update.py) is the network's typed property."""
+  for torso in config_lib.TORSOS:
+    network = networks.make_network(config_lib.NetworkConfig(torso=torso), num_actions=2)
+    assert network.convolutional == (torso != "mlp"), torso
 
 
 def test_batch_size_not_divisible_by_devices_fails_early():

@@ -4,6 +4,7 @@ Arrays are time-major `[T, B, ...]`; expected values are worked out by hand from
 formulas (§4.1, §4.2) in the comments next to them.
 """
 
+import dataclasses
 import functools
 import math
 
@@ -12,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from impala_jax import types
 from impala_jax.rl import distributions
 from impala_jax.rl import losses
 from impala_jax.rl import objectives
@@ -38,14 +40,24 @@ def _one_step_categorical(reward, behaviour_prob=0.25):
   )
 
 
-def _loss(inputs, **kwargs):
-  """impala_loss on a dict holding logits (Categorical) or mean and log_std (DiagGaussian)."""
+def _arguments(inputs):
+  """A dict of arrays (logits, or mean and log_std; values, bootstrap_value; the transitions'
+  fields) → the objectives' (policy, values, bootstrap_value, transitions)."""
   inputs = dict(inputs)
   if "logits" in inputs:
     policy = distributions.Categorical(inputs.pop("logits"))
   else:
     policy = distributions.DiagGaussian(inputs.pop("mean"), inputs.pop("log_std"))
-  return objectives.impala_loss(policy, **inputs, **kwargs)
+  transitions = types.Transitions(**{name: inputs.pop(name) for name in types.Transitions._fields})
+  return policy, inputs.pop("values"), inputs.pop("bootstrap_value"), transitions, inputs
+
+
+def _loss(inputs, **settings):
+  """impala_loss on a dict of arrays (`_arguments`), with these `ImpalaSettings`."""
+  policy, values, bootstrap_value, transitions, rest = _arguments(inputs)
+  assert not rest, rest
+  return objectives.impala_loss(policy, values, bootstrap_value, transitions,
+                                objectives.ImpalaSettings(**settings))
 
 
 def _grads(inputs, **kwargs):
@@ -244,8 +256,27 @@ def test_mean_is_sum_over_real_steps():
 
 
 def test_unknown_reduction_raises():
-  with pytest.raises(ValueError, match=r"'median'.*sum, mean"):
-    _loss(_one_step_categorical(1.0), reduction="median")
+  for settings in (objectives.ImpalaSettings, objectives.AppoSettings):
+    with pytest.raises(ValueError, match=r"Unknown loss reduction 'median'; accepted: sum, mean"):
+      settings(reduction="median")
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(lambda_=1.5), "lambda_ must be in"), (dict(clip_epsilon=1.0), "clip_epsilon must be")])
+def test_invalid_settings_raise(settings, message):
+  with pytest.raises(ValueError, match=message):
+    objectives.AppoSettings(**settings)
+
+
+def test_default_settings_are_the_papers():
+  # Espeholt et al. 2018, Table G.1; APPO adds PPO's ε = 0.2 to the same terms.
+  assert objectives.ImpalaSettings() == objectives.ImpalaSettings(
+      baseline_cost=0.5, entropy_cost=0.01, clip_rho_threshold=1.0, clip_c_threshold=1.0,
+      clip_pg_rho_threshold=1.0, lambda_=1.0, reduction="sum")
+  appo = objectives.AppoSettings()
+  assert (appo.clip_epsilon, appo.normalize_advantages) == (0.2, True)
+  assert all(getattr(appo, field.name) == getattr(objectives.ImpalaSettings(), field.name)
+             for field in dataclasses.fields(objectives.ImpalaSettings))
 
 
 def test_diag_gaussian_policy():
@@ -341,10 +372,11 @@ def test_rho_clipped_fraction(threshold, expected_fraction):
 # -- APPO: the PPO clipped surrogate on V-trace advantages --------------------------------------
 
 
-def _appo(inputs, **kwargs):
-  inputs = dict(inputs)
-  policy = distributions.Categorical(inputs.pop("logits"))
-  return objectives.appo_loss(policy, **inputs, **kwargs)
+def _appo(inputs, **settings):
+  """appo_loss on a dict of arrays (`_arguments`, plus proximal_log_probs or not)."""
+  policy, values, bootstrap_value, transitions, rest = _arguments(inputs)
+  return objectives.appo_loss(policy, values, bootstrap_value, transitions,
+                              objectives.AppoSettings(**settings), **rest)
 
 
 def _appo_grads(inputs, **kwargs):
