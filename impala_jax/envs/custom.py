@@ -117,6 +117,19 @@ def spec_of(factory: Union[str, Factory], seed: int = 0) -> EnvSpec:
     env.close()
 
 
+def _check_layout(num_envs: int, batch_size: int, max_episode_steps: Optional[int],
+                  num_workers: int) -> None:
+  """Raises ValueError naming the first of `CustomEnvPool`'s arguments out of range."""
+  if num_envs < 1:
+    raise ValueError(f"num_envs must be >= 1, got {num_envs}.")
+  if not 1 <= batch_size <= num_envs:
+    raise ValueError(f"batch_size must be in [1, num_envs={num_envs}], got {batch_size}.")
+  if max_episode_steps is not None and max_episode_steps < 1:
+    raise ValueError(f"max_episode_steps must be >= 1 or None, got {max_episode_steps}.")
+  if not 0 <= num_workers <= num_envs:
+    raise ValueError(f"num_workers must be in [0, num_envs={num_envs}], got {num_workers}.")
+
+
 class CustomEnvPool:
   """N copies of a gymnasium or dm_env environment behind EnvPool's API (module docstring).
 
@@ -138,15 +151,8 @@ class CustomEnvPool:
         limits); None: no limit of the pool's own.
       num_workers: 0 steps the copies in the calling thread; K >= 1 in K worker processes.
     """
-    if num_envs < 1:
-      raise ValueError(f"num_envs must be >= 1, got {num_envs}.")
     batch_size = num_envs if batch_size is None else batch_size
-    if not 1 <= batch_size <= num_envs:
-      raise ValueError(f"batch_size must be in [1, num_envs={num_envs}], got {batch_size}.")
-    if max_episode_steps is not None and max_episode_steps < 1:
-      raise ValueError(f"max_episode_steps must be >= 1 or None, got {max_episode_steps}.")
-    if not 0 <= num_workers <= num_envs:
-      raise ValueError(f"num_workers must be in [0, num_envs={num_envs}], got {num_workers}.")
+    _check_layout(num_envs, batch_size, max_episode_steps, num_workers)
     self.num_envs = num_envs
     self.batch_size = batch_size
     self._name = factory if isinstance(factory, str) else custom_copies.name_of(factory)
@@ -162,13 +168,20 @@ class CustomEnvPool:
     self._waiting = np.zeros(num_envs, bool)
     self._closed = False
     if num_workers == 0:
-      copies = custom_copies.build(factory, range(num_envs), seed)
-      conversion = custom_copies.conversion_of(copies[0].env)
-      self.spec = env_spec_of(conversion, max_episode_steps)
-      self._checker = value_checks.ValueChecker(self.spec)
-      self._buffers = custom_copies.Buffers(conversion.layout(), num_envs)
-      self._copies = custom_copies.Copies(copies, 0, self._buffers, seed, max_episode_steps)
-      return
+      self._build_in_this_thread(factory, seed, max_episode_steps)
+    else:
+      self._start_workers(factory, seed, max_episode_steps)
+
+  def _build_in_this_thread(self, factory, seed: int, max_episode_steps: Optional[int]):
+    copies = custom_copies.build(factory, range(self.num_envs), seed)
+    conversion = custom_copies.conversion_of(copies[0].env)
+    self.spec = env_spec_of(conversion, max_episode_steps)
+    self._checker = value_checks.ValueChecker(self.spec)
+    self._buffers = custom_copies.Buffers(conversion.layout(), self.num_envs)
+    self._copies = custom_copies.Copies(copies, 0, self._buffers, seed, max_episode_steps)
+
+  def _start_workers(self, factory, seed: int, max_episode_steps: Optional[int]):
+    num_envs, num_workers = self.num_envs, self.num_workers
     probe = custom_copies.make_one(factory, seed)  # Read the spaces, then let workers build.
     try:
       layout = custom_copies.conversion_of(probe).layout()

@@ -14,9 +14,10 @@ stopped run may be resumed, and its hosts wait for it).
 """
 
 import contextlib
+import functools
 import queue
 import threading
-from typing import Any, Callable, Dict, List, NamedTuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 from absl import logging
 import numpy as np
@@ -74,6 +75,23 @@ def inference_batch_sizes(config: config_lib.TrainConfig) -> List[int]:
   return sorted(sizes)
 
 
+def _local_gauges(server: inference.InferenceServer, assembler: batch_assembler.BatchAssembler,
+                  remote: Optional[Any]) -> Dict[str, Any]:
+  """The metrics row's gauges of local acting: queue, inference batching, remote hosts."""
+  stats = server.stats()
+  values = dict(queue_size=assembler.queued_unrolls(),
+                inference_batch_size=stats.mean_batch_size,
+                inference_requests_per_batch=stats.mean_requests_per_batch,
+                inference_latency_ms=stats.mean_latency_ms)
+  if remote is not None:
+    hosts = remote.stats()
+    values.update(remote_hosts=hosts.hosts, remote_envs=hosts.remote_envs,
+                  remote_env_steps=hosts.remote_env_steps,
+                  rejected_messages=hosts.rejected, value_violations=hosts.value_violations,
+                  evicted_hosts=hosts.evicted)
+  return values
+
+
 def local_acting(config: config_lib.TrainConfig, spec: envs.EnvSpec, network: Any,
                  learner: Any, episodes: "queue.SimpleQueue[types.EpisodeStats]",
                  stop: threading.Event,
@@ -105,20 +123,6 @@ def local_acting(config: config_lib.TrainConfig, spec: envs.EnvSpec, network: An
     text = f"{sum(a.is_alive() for a in actors)} of {len(actors)} actor threads alive"
     return text + (f", {remote.stats().hosts} env hosts connected" if remote else "")
 
-  def gauges() -> Dict[str, Any]:
-    stats = server.stats()
-    values = dict(queue_size=assembler.queued_unrolls(),
-                  inference_batch_size=stats.mean_batch_size,
-                  inference_requests_per_batch=stats.mean_requests_per_batch,
-                  inference_latency_ms=stats.mean_latency_ms)
-    if remote is not None:
-      hosts = remote.stats()
-      values.update(remote_hosts=hosts.hosts, remote_envs=hosts.remote_envs,
-                    remote_env_steps=hosts.remote_env_steps,
-                    rejected_messages=hosts.rejected, value_violations=hosts.value_violations,
-                    evicted_hosts=hosts.evicted)
-    return values
-
   def start(stack: contextlib.ExitStack) -> None:
     server.start()
     stack.callback(server.close)
@@ -135,7 +139,8 @@ def local_acting(config: config_lib.TrainConfig, spec: envs.EnvSpec, network: An
       max_wait_seconds=60 * config.max_batch_wait_minutes, describe_sources=describe)
   phases = [("learner", batches.clock, 1), ("inference", server.clock, 1)]
   phases += [("actor", a.clock, len(actors)) for a in actors]
-  return Acting(batches, server.update_params, gauges, phases, start,
+  return Acting(batches, server.update_params,
+                functools.partial(_local_gauges, server, assembler, remote), phases, start,
                 end_run=remote.say_goodbye if remote is not None else lambda: None)
 
 
