@@ -27,7 +27,7 @@ Conventions:
     episode truncated by a time limit at x_{t+1} keeps γ_t = γ, so step t still bootstraps from
     V(x_{t+1}). To stop the trace *after* such a step (the next transition belongs to a new
     episode) set log ρ = −inf at the step that must not count: then ρ = c = 0 exactly, v equals
-    V there, and the step before bootstraps from V of that observation (`impala_jax.losses`
+    V there, and the step before bootstraps from V of that observation (`rl.losses`
     uses this for EnvPool's autoreset steps).
   * Ratios are clipped in log space, exp(min(log ρ, log ρ̄)) rather than min(ρ̄, exp(log ρ)),
     so log-ratios of ±1000 stay finite whenever a threshold is set; a threshold of None means
