@@ -14,6 +14,7 @@ import math
 import os
 from typing import Optional, Tuple
 
+from impala_jax.config_checks import check_one_of
 from impala_jax.config_checks import require as _require
 # The scale-out designs' settings, re-exported: `config.RemoteEnvConfig` etc.
 from impala_jax.config_scale_out import MultiHostConfig
@@ -39,6 +40,16 @@ OBJECTIVES = ("impala", "appo")
 # policy that acted (Sample Factory), or the learner's policy at the start of the update
 # (decoupled PPO, Hilton et al. 2021).
 PPO_RATIOS = ("behaviour", "proximal")
+
+
+def check_torso(name: str) -> None:
+  """ValueError unless `name` is one of `TORSOS` (also where networks are built from names)."""
+  check_one_of("network torso", name, TORSOS)
+
+
+def check_optimizer(name: str) -> None:
+  """ValueError unless `name` is one of `OPTIMIZERS`."""
+  check_one_of("optimizer", name, OPTIMIZERS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,8 +115,7 @@ class NetworkConfig:
   mlp_hidden_sizes: Tuple[int, ...] = (64, 64)
 
   def __post_init__(self):
-    _require(self.torso in TORSOS,
-             f"Unknown network torso {self.torso!r}; accepted: {', '.join(TORSOS)}.")
+    check_torso(self.torso)
     _require(self.lstm_size >= 1, f"lstm_size must be >= 1, got {self.lstm_size}.")
 
 
@@ -142,11 +152,9 @@ class LossConfig:
   ppo_ratio: str = "behaviour"
 
   def __post_init__(self):
-    _require(self.objective in OBJECTIVES,
-             f"Unknown objective {self.objective!r}; accepted: {', '.join(OBJECTIVES)}.")
+    check_one_of("objective", self.objective, OBJECTIVES)
     _require(0.0 <= self.discount <= 1.0, f"discount must be in [0, 1], got {self.discount}.")
-    _require(self.ppo_ratio in PPO_RATIOS,
-             f"Unknown ppo_ratio {self.ppo_ratio!r}; accepted: {', '.join(PPO_RATIOS)}.")
+    check_one_of("ppo_ratio", self.ppo_ratio, PPO_RATIOS)
     self._settings(rl_objectives.AppoSettings)  # Checks every setting, APPO's too.
 
   def _settings(self, settings_class):
@@ -216,8 +224,7 @@ class OptimizerConfig:
   anneal_env_steps: int = 50_000_000
 
   def __post_init__(self):
-    _require(self.optimizer in OPTIMIZERS,
-             f"Unknown optimizer {self.optimizer!r}; accepted: {', '.join(OPTIMIZERS)}.")
+    check_optimizer(self.optimizer)
     _require(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}.")
     _require(self.rmsprop_epsilon > 0, f"rmsprop_epsilon must be > 0, got {self.rmsprop_epsilon}.")
     _require(self.adam_epsilon > 0, f"adam_epsilon must be > 0, got {self.adam_epsilon}.")

@@ -3,6 +3,13 @@
 import ipaddress
 
 
+def check_one_of(kind: str, value, accepted) -> None:
+  """Raises ValueError naming `value` and every accepted name of `kind`, unless it is one: the
+  one wording of every unknown-name error."""
+  if value not in accepted:
+    raise ValueError(f"Unknown {kind} {value!r}; accepted: {', '.join(accepted)}.")
+
+
 def require(condition: bool, message: str) -> None:
   """Raises ValueError(message) unless `condition`: every config check's one way to fail."""
   if not condition:

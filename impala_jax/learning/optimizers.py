@@ -42,8 +42,9 @@ def make_optimizer(config: config_lib.OptimizerConfig,
   elif config.optimizer == "adam":
     optimizer = optax.adam(learning_rate, eps=config.adam_epsilon)
   else:
-    raise ValueError(f"Unknown optimizer {config.optimizer!r}; accepted: "
-                     f"{', '.join(config_lib.OPTIMIZERS)}.")
+    config_lib.check_optimizer(config.optimizer)
+    raise AssertionError(f"config.OPTIMIZERS lists {config.optimizer!r}, but make_optimizer "
+                         "cannot build it.")
   if config.max_grad_norm is None:
     return optimizer
   return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optimizer)

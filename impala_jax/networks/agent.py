@@ -85,9 +85,7 @@ class ImpalaNetwork(nn.Module):
   def __post_init__(self):
     # Validate at construction so a bad configuration fails where it is written, not at the
     # first `init` deep inside a thread.
-    if self.torso not in config_lib.TORSOS:
-      raise ValueError(f"Unknown network torso {self.torso!r}; accepted: "
-                       f"{', '.join(config_lib.TORSOS)}.")
+    config_lib.check_torso(self.torso)
     if (self.num_actions is None) == (self.action_dim is None):
       raise ValueError(
           "Set exactly one of num_actions (discrete actions) and action_dim (continuous "

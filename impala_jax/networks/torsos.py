@@ -235,4 +235,5 @@ def make_torso(name: str, *, mlp_hidden_sizes: Sequence[int] = (64, 64),
     return DeepResNetTorso(name="torso")
   if name == "mlp":
     return MLPTorso(tuple(mlp_hidden_sizes), name="torso")
-  raise ValueError(f"Unknown network torso {name!r}; accepted: {', '.join(config_lib.TORSOS)}.")
+  config_lib.check_torso(name)
+  raise AssertionError(f"config.TORSOS lists {name!r}, but make_torso cannot build it.")
