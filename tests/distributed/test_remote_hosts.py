@@ -32,7 +32,7 @@ def test_two_env_hosts_solve_cartpole_through_a_kill_and_a_rejoin(tmp_path, proc
   learner = processes.start("learner", [
       os.path.join(REPO, "experiments", "control.py"), "--listen=127.0.0.1:0",
       f"--token_file={token_file}", "--num_actor_threads=0", f"--logdir={logdir}",
-      "--total_env_steps=300000", "--stop_at_score=475", "--seed=0", "--progress=false",
+      "--total_env_steps=500000", "--stop_at_score=475", "--seed=0", "--progress=false",
       "--log_interval_seconds=2", "--host_lease_seconds=10"])
   port = int(_wait_for(lambda: re.search(r"Serving env hosts on .* \(port (\d+)",
                                          _read(learner.log_path)), 120, "the server").group(1))
@@ -59,9 +59,13 @@ def test_two_env_hosts_solve_cartpole_through_a_kill_and_a_rejoin(tmp_path, proc
   assert learner.wait(timeout=600) == 0, _read(learner.log_path)[-3000:]
   rows = [r for r in _metrics(logdir) if r["episode_return"]]
   best = max(float(r["recent_episode_return"]) for r in rows)
-  # Solved: the score (mean return of the last 20 episodes) reached 475 and ended the run.
-  assert "Done (score_reached)" in _read(learner.log_path), (
-      f"best score {best:.1f} < 475 within 300k steps")
-  assert float(rows[-1]["recent_episode_return"]) >= 475
+  # Solved: both hosts' own scores (the mean return of each one's last 20 episodes) reached
+  # 475, the learner's own 20 games confirmed it, and that ended the run (runtime.scores). The
+  # budget leaves room past the first crossing (150k-300k steps): both hosts must be there at
+  # once, and confirming waits a minute after a miss.
+  log = _read(learner.log_path)
+  assert "Done (score_reached)" in log, f"best score {best:.1f} < 475 within 500k steps"
+  assert re.search(r"reach --stop_at_score=475, and so do the learner's own 20 games: "
+                   r"(4[7-9]\d|500)", log), log[-3000:]
   # Every step came from the hosts (the gauge is read a moment before the last update).
   assert int(rows[-1]["remote_env_steps"]) >= 0.95 * int(rows[-1]["env_steps"])
