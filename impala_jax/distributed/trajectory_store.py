@@ -267,8 +267,15 @@ class RedisStore:
   def read_settings(self, max_bytes: int) -> Optional[bytes]:
     return self._bounded_get(self._settings, max_bytes)
 
-  def mark_run_ended(self) -> None:
-    self._call(self._client.set, self._done, b"1")
+  def mark_run_ended(self, give_up_seconds: float = 30.0) -> None:
+    """Tells the actor hosts the run has ended. A run can end while Redis refuses writes (out of
+    memory, restarting): this backs off and retries for up to `give_up_seconds`.
+
+    Raises:
+      StoreUnavailable: Redis still refused after that (the hosts then find the learner gone).
+    """
+    retrying(lambda: self._call(self._client.set, self._done, b"1"), lambda: False,
+             "marking the run's end", give_up_seconds=give_up_seconds)
 
   # -- the one learner ---------------------------------------------------------------------------
 

@@ -294,6 +294,11 @@ def test_redis_out_of_memory_is_backed_off_not_fatal(server, store, actor_store)
                                      lambda: False, "publishing") is None
     assert time.monotonic() - start >= 0.9  # It waited for memory, without failing.
     assert actor_store.params_version() == 1
+    # A run that ends while Redis refuses writes still tells its actor hosts, once it can.
+    admin.config_set("maxmemory", 1)
+    threading.Timer(1.0, lambda: admin.config_set("maxmemory", "1gb")).start()
+    store.mark_run_ended()
+    assert actor_store.learner_state().run_ended
   finally:
     admin.config_set("maxmemory", "1gb")
     admin.close()
