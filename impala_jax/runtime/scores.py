@@ -119,13 +119,6 @@ class Scores:
                      if source != types.LOCAL_SOURCE), reverse=True)
     return remote[1] if len(remote) >= 2 else None
 
-  def stop_score(self) -> Optional[float]:
-    """The score `--stop_at_score` looks at: the better of `local_score` and `remote_score`
-    (None until one exists). A remote one still needs the learner's own games to confirm it
-    (`runtime.score_check`)."""
-    candidates = [s for s in (self.local_score(), self.remote_score()) if s is not None]
-    return max(candidates) if candidates else None
-
   def summary(self) -> str:
     """Games and score per source, for a log line: "local 40 games 23.5, env host ab 9 games"."""
     scores = self.by_source()

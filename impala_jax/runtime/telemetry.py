@@ -119,9 +119,17 @@ class Telemetry:
                           disable=not show_progress, dynamic_ncols=True, smoothing=0.1)
     self._last_env_steps = env_steps
     self.episode_returns: List[float] = []  # Real scores of this session's episodes, in order.
-    self._score = self._scores.recent()
-    self._stop_score = self._scores.stop_score()
+    self._read_scores()
     self._warned_one_source = False
+
+  def _read_scores(self) -> None:
+    """The scores as of the last row: `score_reached` runs before every update, so it reads
+    these instead of averaging every source's games each time."""
+    self._score = self._scores.recent()
+    self._local_score = self._scores.local_score()
+    self._remote_score = self._scores.remote_score()
+    self._stop_score = max((s for s in (self._local_score, self._remote_score) if s is not None),
+                           default=None)
 
   def recent_score(self) -> Optional[float]:
     """The score as of the last row: the mean real return of the last `RECENT_EPISODES` games,
@@ -138,10 +146,9 @@ class Telemetry:
     """
     if target is None:
       return False
-    local = self._scores.local_score()
+    local, remote = self._local_score, self._remote_score
     if local is not None and local >= target:
       return True
-    remote = self._scores.remote_score()
     if remote is not None and remote >= target:
       return confirm is not None and confirm(target)
     if self._score is not None and self._score >= target and not self._warned_one_source:
@@ -171,8 +178,7 @@ class Telemetry:
     finished = queues.drain(self._episodes)
     self.episode_returns.extend(e.episode_return for e in finished)
     self._scores.add(finished)
-    self._score = self._scores.recent()
-    self._stop_score = self._scores.stop_score()
+    self._read_scores()
     if any(e.source != types.LOCAL_SOURCE for e in finished):
       logging.info("Games and scores by source: %s", self._scores.summary())
     now = time.monotonic()
