@@ -87,6 +87,9 @@ def _define_learner_flags(d: _Defaults) -> None:
   flags.DEFINE_integer("queue_capacity", d(_TRAIN, "queue_capacity"),
                        "Unrolls the actor→learner queue holds; unset: batch_size (the lowest "
                        "policy lag).")
+  flags.DEFINE_integer("publish_delay_updates", d(_TRAIN, "publish_delay_updates"),
+                       "Hand the actors each update's parameters this many updates late: "
+                       "policy lag raised on purpose (the correction ablation).")
   flags.DEFINE_integer("num_epochs", d(_TRAIN, "num_epochs"), "Passes over each batch.")
   flags.DEFINE_integer("num_minibatches", d(_TRAIN, "num_minibatches"),
                        "Optimizer steps per pass, each on a disjoint set of whole unrolls.")

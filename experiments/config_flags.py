@@ -70,7 +70,8 @@ FIELD_FLAGS: Dict[type, Dict[str, str]] = {
         logdir="logdir", resume="resume",
         checkpoint_interval_minutes="checkpoint_interval_minutes",
         log_interval_seconds="log_interval_seconds",
-        max_batch_wait_minutes="max_batch_wait_minutes"),
+        max_batch_wait_minutes="max_batch_wait_minutes",
+        publish_delay_updates="publish_delay_updates"),
 }
 
 _ATARI_PROTOCOL = ("the paper's Atari protocol (Table G.1); evaluation sets its own "

@@ -270,6 +270,9 @@ class TrainConfig:
       instead of local actors; then num_actor_threads must be 0.
     value_limits: what is accepted from env hosts and actor hosts (`ValueLimits`).
     multihost: this process's place in a multi-process learner (`MultiHostConfig`), or None.
+    publish_delay_updates: hand the actors each update's parameters this many updates late,
+      raising the policy lag on purpose (`runtime.publishing.delayed`; the paper's correction
+      ablation, §5.3); 0: as soon as the update has finished.
   """
 
   env: EnvConfig = EnvConfig()
@@ -295,6 +298,7 @@ class TrainConfig:
   trajectory_store: Optional[TrajectoryStoreConfig] = None
   value_limits: ValueLimits = ValueLimits()
   multihost: Optional[MultiHostConfig] = None
+  publish_delay_updates: int = 0
 
   def __post_init__(self):
     if self.trajectory_store is not None:
@@ -324,6 +328,8 @@ class TrainConfig:
              f"total_env_steps must be >= 1, got {self.total_env_steps}.")
     _require(self.stop_at_score is None or math.isfinite(self.stop_at_score),
              f"stop_at_score must be a finite number, got {self.stop_at_score}.")
+    _require(self.publish_delay_updates >= 0,
+             f"publish_delay_updates must be >= 0, got {self.publish_delay_updates}.")
     _require(self.inference_batch_wait_ms >= 0,
              f"inference_batch_wait_ms must be >= 0, got {self.inference_batch_wait_ms}.")
 

@@ -39,6 +39,7 @@ from impala_jax.learning import optimizers
 from impala_jax.runtime import checkpoint as checkpoint_lib
 from impala_jax.runtime import learner_loop
 from impala_jax.runtime import metrics as metrics_lib
+from impala_jax.runtime import publishing
 from impala_jax.runtime import score_check
 from impala_jax.runtime import signals
 from impala_jax.runtime import sources
@@ -134,7 +135,8 @@ class TrainingRun:
     watchdog = (multihost.Watchdog(config.multihost.stall_timeout_seconds)
                 if config.num_processes > 1 else None)
     loop = learner_loop.LearnerLoop(
-        config, batches=acting.batches, learner=learner, publish=acting.publish,
+        config, batches=acting.batches, learner=learner,
+        publish=publishing.delayed(acting.publish, config.publish_delay_updates),
         telemetry=telemetry,
         checkpoints=outputs.schedule(learner, lambda: time.monotonic() - start_time),
         env_steps=env_steps,
