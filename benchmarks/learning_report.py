@@ -40,7 +40,7 @@ def format_table(report: Mapping[str, Any], frames_per_step: int = 4) -> str:
   return "\n".join(lines)
 
 
-def _on_grid(runs: Sequence[Mapping[str, Any]], x_key: str, grid: np.ndarray) -> np.ndarray:
+def scores_on_grid(runs: Sequence[Mapping[str, Any]], x_key: str, grid: np.ndarray) -> np.ndarray:
   """Each run's score curve at `grid` (step-wise: the latest score so far; NaN past its end)."""
   curves = []
   for r in runs:
@@ -69,7 +69,7 @@ def plot(report: Mapping[str, Any], path: str, frames_per_step: int = 4,
                            (axes[1], "wall_seconds", 1 / 60)):
       end = max(r["curve"][key][-1] for r in runs)
       grid = np.linspace(0, end, _GRID_POINTS)
-      curves = _on_grid(runs, key, grid)
+      curves = scores_on_grid(runs, key, grid)
       # The mean and band only where every seed has a score: past a seed's end (a run stopped
       # at the threshold) a mean over the others would jump. Each seed is also drawn thin.
       covered = ~np.isnan(curves).any(axis=0)
@@ -101,5 +101,5 @@ def curves_at(report: Mapping[str, Any], name: str, env_steps: List[int]) -> Dic
   runs = list(report["configs"][name]["runs"].values())
   grid = np.asarray(env_steps, float)
   with np.errstate(all="ignore"):
-    mean = np.nanmean(_on_grid(runs, "env_steps", grid), axis=0)
+    mean = np.nanmean(scores_on_grid(runs, "env_steps", grid), axis=0)
   return {s: float(v) for s, v in zip(env_steps, mean)}
