@@ -116,6 +116,12 @@ def _define_objective_flags(d: _Defaults) -> None:
   flags.DEFINE_float("clip_c_threshold", d(_LOSS, "clip_c_threshold"), "V-trace's c̄.")
   flags.DEFINE_float("clip_pg_rho_threshold", d(_LOSS, "clip_pg_rho_threshold"),
                      "ρ̄ of the policy gradient's importance weight.")
+  flags.DEFINE_enum("correction", d(_LOSS, "correction"), config_lib.CORRECTIONS,
+                    "IMPALA's off-policy correction (the paper's ablation, §5.3, Table 2): "
+                    "vtrace (V-trace); is_1step (one-step TD targets for V, the TD error times "
+                    "min(ρ̄_pg, π/μ) as advantage, no traces); epsilon (as none, with log(π + ε) "
+                    "in the policy gradient; discrete actions only); none (the behaviour data's "
+                    "n-step returns, as if on-policy). APPO takes only vtrace.")
   flags.DEFINE_float("clip_epsilon", d(_LOSS, "clip_epsilon"), "APPO: ε of the clip range "
                      "[1 − ε, 1 + ε] of the ratio.")
   flags.DEFINE_enum("ppo_ratio", d(_LOSS, "ppo_ratio"), config_lib.PPO_RATIOS, "APPO's ratio: "

@@ -32,7 +32,8 @@ FIELD_FLAGS: Dict[type, Dict[str, str]] = {
         entropy_cost="entropy_cost", clip_rho_threshold="clip_rho_threshold",
         clip_c_threshold="clip_c_threshold", clip_pg_rho_threshold="clip_pg_rho_threshold",
         lambda_="vtrace_lambda", reduction="loss_reduction", clip_epsilon="clip_epsilon",
-        normalize_advantages="normalize_advantages", ppo_ratio="ppo_ratio"),
+        normalize_advantages="normalize_advantages", ppo_ratio="ppo_ratio",
+        correction="correction"),
     config_lib.OptimizerConfig: dict(
         optimizer="optimizer", learning_rate="learning_rate", rmsprop_decay="rmsprop_decay",
         rmsprop_momentum="rmsprop_momentum", rmsprop_epsilon="rmsprop_epsilon",

@@ -21,6 +21,7 @@ from impala_jax.config_scale_out import MultiHostConfig
 from impala_jax.config_scale_out import RemoteEnvConfig
 from impala_jax.config_scale_out import TrajectoryStoreConfig
 from impala_jax.config_scale_out import ValueLimits
+from impala_jax.rl import corrections as rl_corrections
 from impala_jax.rl import losses as rl_losses
 from impala_jax.rl import objectives as rl_objectives
 
@@ -31,6 +32,9 @@ TORSOS = ("shallow", "nature", "deep", "mlp")
 IMAGE_TORSOS = ("shallow", "nature", "deep")
 # How the loss's per-step terms are reduced over time and batch: defined by `rl.losses`.
 REDUCTIONS = rl_losses.REDUCTIONS
+# The off-policy corrections of the paper's ablation (§5.3, Table 2), V-trace first: defined by
+# `rl.corrections`.
+CORRECTIONS = rl_corrections.CORRECTIONS
 # Optimizers (`learning.optimizers.make_optimizer`).
 OPTIMIZERS = ("rmsprop", "adam")
 # Policy objectives (`learning.update.make_loss_fn`): IMPALA's V-trace policy gradient, or
@@ -136,6 +140,9 @@ class LossConfig:
       for either objective).
     ppo_ratio: APPO's ratio r: π/μ against the behaviour policy ("behaviour"), or π/π_prox
       against the policy at the start of the update ("proximal", decoupled PPO).
+    correction: the off-policy correction (paper §5.3, Table 2), one of `CORRECTIONS`; see
+      `rl.objectives.ImpalaSettings`. APPO takes only "vtrace"; "epsilon" needs discrete
+      actions, which `runtime.training.TrainingRun` checks against the environment.
   """
 
   objective: str = "impala"
@@ -150,15 +157,18 @@ class LossConfig:
   clip_epsilon: float = rl_objectives.AppoSettings.clip_epsilon
   normalize_advantages: bool = rl_objectives.AppoSettings.normalize_advantages
   ppo_ratio: str = "behaviour"
+  correction: str = rl_objectives.AppoSettings.correction
 
   def __post_init__(self):
     check_one_of("objective", self.objective, OBJECTIVES)
     _require(0.0 <= self.discount <= 1.0, f"discount must be in [0, 1], got {self.discount}.")
     check_one_of("ppo_ratio", self.ppo_ratio, PPO_RATIOS)
-    self._settings(rl_objectives.AppoSettings)  # Checks every setting, APPO's too.
+    self.settings()  # The objective's settings: the correction is checked against it here.
+    # APPO's own settings are checked for either objective; APPO's one correction is APPO's.
+    self._settings(rl_objectives.AppoSettings, correction=rl_objectives.AppoSettings.correction)
 
-  def _settings(self, settings_class):
-    return settings_class(**{field.name: getattr(self, field.name)
+  def _settings(self, settings_class, **overrides):
+    return settings_class(**{field.name: overrides.get(field.name, getattr(self, field.name))
                              for field in dataclasses.fields(settings_class)})
 
   def settings(self) -> rl_objectives.ImpalaSettings:

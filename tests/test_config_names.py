@@ -38,7 +38,8 @@ def test_an_unknown_optimizer_is_named_wherever_it_is_caught():
 
 
 @pytest.mark.parametrize("field,value,kind", [("objective", "ppo", "objective"),
-                                              ("ppo_ratio", "target", "ppo_ratio")])
+                                              ("ppo_ratio", "target", "ppo_ratio"),
+                                              ("correction", "retrace", "correction")])
 def test_unknown_loss_names(field, value, kind):
   with pytest.raises(ValueError, match=rf"^Unknown {kind} '{value}'; accepted: "):
     dataclasses.replace(config_lib.LossConfig(), **{field: value})

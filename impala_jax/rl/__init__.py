@@ -1,4 +1,5 @@
-"""Pure math, no state and no IO: V-trace, the IMPALA and APPO losses, action distributions.
+"""Pure math, no state and no IO: V-trace and the paper's other off-policy corrections, the
+IMPALA and APPO losses, action distributions.
 
 Everything is time-major (`[T, B, ...]`) and jit-able; the docstrings cite the paper's
 equations (Espeholt et al. 2018, arXiv 1802.01561).

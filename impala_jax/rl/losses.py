@@ -1,7 +1,8 @@
 """The pieces the objectives are built from: a correction and per-step loss terms.
 
-  correction   `vtrace_targets`: V-trace targets v_s and advantages
-                 A_s = ρ^pg_s (r_s + γ_s v_{s+1} − V(x_s)), held constant (paper §4.1, Eq. 1)
+  correction   `correction_targets`: targets v_s and advantages A_s, held constant: V-trace's
+                 A_s = ρ^pg_s (r_s + γ_s v_{s+1} − V(x_s)) (paper §4.1, Eq. 1) by default, or
+                 one of the paper's ablation's (§5.3, `rl.corrections`)
   policy       `policy_gradient_loss`:   −Σ_s log π(a_s|x_s) · A_s                  (§4.2)
                `clipped_surrogate_loss`: −Σ_s min(r_s A_s, clip(r_s, 1 − ε, 1 + ε) A_s),
                  r_s = π(a_s|x_s) / π_ref(a_s|x_s)          (Schulman et al. 2017, Eq. 7)
@@ -20,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from impala_jax import types
+from impala_jax.rl import corrections
 from impala_jax.rl import vtrace as vtrace_lib
 
 Array = chex.Array
@@ -56,7 +58,7 @@ def reduce_steps(per_step: Array, mask: Array, reduction: str) -> Array:
   return masked_sum(per_step, mask) if reduction == "sum" else masked_mean(per_step, mask)
 
 
-def vtrace_targets(
+def correction_targets(
     target_log_probs: Array,
     values: Array,
     bootstrap_value: Array,
@@ -66,8 +68,9 @@ def vtrace_targets(
     clip_c_threshold: Optional[float],
     clip_pg_rho_threshold: Optional[float],
     lambda_: float,
+    correction: str = "vtrace",
 ) -> Tuple[vtrace_lib.VTraceOutput, Array]:
-  """The V-trace correction of a masked batch: targets, advantages and the log-ratios.
+  """The off-policy correction of a masked batch: targets, advantages and the log-ratios.
 
   Args:
     target_log_probs: `[T, B]` log π(a_t|x_t) (any gradient is stopped here).
@@ -77,19 +80,22 @@ def vtrace_targets(
       (`types.Transitions`; the actions are not read).
     clip_rho_threshold, clip_c_threshold, clip_pg_rho_threshold, lambda_: ρ̄, c̄, ρ̄_pg, λ
       (`rl.objectives.ImpalaSettings`).
+    correction: one of `rl.corrections.CORRECTIONS`: "vtrace" (paper §4.1), or "is_1step",
+      "epsilon" or "none" (the ablation of §5.3).
 
   Returns:
     `(VTraceOutput(vs, pg_advantages), log_rhos)`, all `[T, B]` and constant for the gradient;
-    `log_rhos` is log π − log μ unmasked (for metrics), V-trace saw −inf at masked steps.
+    `log_rhos` is log π − log μ unmasked (for metrics), the correction saw −inf at masked steps.
   """
   log_rhos = jax.lax.stop_gradient(target_log_probs) - transitions.behaviour_log_probs
-  # −inf at masked steps makes ρ = c = 0 there exactly (`rl.objectives` module docstring).
+  # −inf at masked steps makes ρ = c = 0 there exactly (`rl.objectives` module docstring); every
+  # correction reads its mask from there (`rl.corrections`).
   masked_log_rhos = jnp.where(transitions.mask > 0, log_rhos, -jnp.inf)
-  targets = vtrace_lib.vtrace(
-      masked_log_rhos, transitions.discounts, transitions.rewards, values, bootstrap_value,
-      clip_rho_threshold=clip_rho_threshold, clip_c_threshold=clip_c_threshold,
+  corrected = corrections.targets(
+      correction, masked_log_rhos, transitions.discounts, transitions.rewards, values,
+      bootstrap_value, clip_rho_threshold=clip_rho_threshold, clip_c_threshold=clip_c_threshold,
       clip_pg_rho_threshold=clip_pg_rho_threshold, lambda_=lambda_)
-  return targets, log_rhos
+  return corrected, log_rhos
 
 
 def policy_gradient_loss(log_probs: Array, advantages: Array, mask: Array,

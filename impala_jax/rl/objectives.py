@@ -3,9 +3,10 @@
   impala_loss = policy_gradient + baseline_cost · baseline + entropy_cost · entropy  (paper §4.2)
   appo_loss   = clipped_surrogate + baseline_cost · baseline + entropy_cost · entropy
 
-both on V-trace targets and advantages (`losses.vtrace_targets`, paper §4.1), scoring a batch of
-`types.Transitions`. Their settings, `ImpalaSettings` and `AppoSettings`, hold the paper's
-defaults (Table G.1).
+both on V-trace targets and advantages (`losses.correction_targets`, paper §4.1), scoring a
+batch of `types.Transitions`. Their settings, `ImpalaSettings` and `AppoSettings`, hold the
+paper's defaults (Table G.1). IMPALA can instead take the targets and advantages of the paper's
+off-policy correction ablation (§5.3, Table 2; `ImpalaSettings.correction`, `rl.corrections`).
 
 By default APPO follows Sample Factory's definition (Petrenko et al. 2020, "Sample Factory",
 §3.3 and its `learner.py`): the ratio is taken against the behaviour policy μ that acted, the
@@ -39,7 +40,10 @@ v_{s−1} − V(x_{s−1}) = δ_{s−1} = ρ_{s−1} (r_{s−1} + γ_{s−1} V(x
 step bootstraps from V(x_s), which is right for a truncated end (γ_{s−1} = γ) and harmless for a
 terminal one (γ_{s−1} = 0). The same holds for A_{s−1}, which uses v_s = V(x_s). So the cut is
 exact, not an approximation, and nothing of the next episode leaks into the targets. The
-per-step terms at s are then dropped from every sum by the mask.
+per-step terms at s are then dropped from every sum by the mask. The ablation's corrections
+make the same cut from the same −inf: "none" and "epsilon" are V-trace with ρ = c = 1 at real
+steps and 0 at masked ones, and "is_1step" sets v_s = V(x_s) and A_s = 0 at masked steps and
+bootstraps step s−1 from V(x_s) (`rl.corrections`).
 """
 
 import dataclasses
@@ -51,6 +55,7 @@ import jax
 import jax.numpy as jnp
 
 from impala_jax import types
+from impala_jax.rl import corrections
 from impala_jax.rl import distributions
 from impala_jax.rl import losses
 
@@ -70,9 +75,15 @@ class ImpalaSettings:
     lambda_: V-trace's λ (paper: 1).
     reduction: "sum" over time and batch (the paper, whose learning rates assume that scale),
       or "mean" over real steps (each sum divided by max(Σ mask, 1)); see `losses.REDUCTIONS`.
+    correction: the off-policy correction, one of `rl.corrections.CORRECTIONS` (paper §5.3,
+      Table 2): "vtrace" (the paper's method); "is_1step" (one-step TD targets for V, the TD
+      error times min(ρ̄_pg, π/μ) as the advantage, no traces); "epsilon" (as "none", with
+      log(π + ε) for log π in the policy gradient, ε = `rl.corrections.EPSILON`; discrete
+      actions only); "none" (the n-step returns of the behaviour data, as if on-policy).
+      ρ̄ and c̄ are V-trace's only, ρ̄_pg also "is_1step"'s, λ also "none"'s and "epsilon"'s.
 
   Raises:
-    ValueError: an unknown `reduction`, or λ outside [0, 1].
+    ValueError: an unknown `reduction` or `correction`, or λ outside [0, 1].
   """
 
   baseline_cost: float = 0.5
@@ -82,11 +93,13 @@ class ImpalaSettings:
   clip_pg_rho_threshold: Optional[float] = 1.0
   lambda_: float = 1.0
   reduction: str = "sum"
+  correction: str = "vtrace"
 
   def __post_init__(self):
     if not 0.0 <= self.lambda_ <= 1.0:
       raise ValueError(f"lambda_ must be in [0, 1], got {self.lambda_}.")
     losses.check_reduction(self.reduction)
+    corrections.check_correction(self.correction)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,12 +107,16 @@ class AppoSettings(ImpalaSettings):
   """APPO's settings: IMPALA's (the baseline and entropy terms and V-trace are shared) plus
   the clipped surrogate's.
 
+  APPO takes V-trace only (`correction` "vtrace"): the other corrections are the IMPALA paper's
+  ablation of its own policy gradient (§5.3), and the ε-correction has no log π to act on in the
+  clipped surrogate; APPO's ratio and advantages are defined on V-trace's here.
+
   Attributes:
     clip_epsilon: ε of the clip range [1 − ε, 1 + ε] of the ratio r (PPO's 0.2).
     normalize_advantages: standardise the advantages over each minibatch's real steps.
 
   Raises:
-    ValueError: as `ImpalaSettings`, or ε outside (0, 1).
+    ValueError: as `ImpalaSettings`, ε outside (0, 1), or a correction other than "vtrace".
   """
 
   clip_epsilon: float = 0.2
@@ -109,6 +126,10 @@ class AppoSettings(ImpalaSettings):
     super().__post_init__()
     if not 0.0 < self.clip_epsilon < 1.0:
       raise ValueError(f"clip_epsilon must be in (0, 1), got {self.clip_epsilon}.")
+    if self.correction != "vtrace":
+      raise ValueError(
+          f"APPO takes only correction 'vtrace', got {self.correction!r}: the others are the "
+          "IMPALA paper's ablation of its policy gradient (use objective 'impala' for them).")
 
 
 def _check_inputs(policy, values, bootstrap_value, transitions: types.Transitions) -> None:
@@ -179,26 +200,34 @@ def impala_loss(
       actor, rewards r_t, discounts γ_t (0 where x_{t+1} is terminal, γ where it was only
       truncated, see `impala_jax.rl.vtrace`) and the 0/1 mask; masked steps contribute
       nothing and cut the trace (module docstring).
-    settings: the loss weights, V-trace's ρ̄, c̄, ρ̄_pg and λ, and the reduction; the paper's
-      by default.
+    settings: the loss weights, V-trace's ρ̄, c̄, ρ̄_pg and λ, the reduction and the
+      off-policy correction; the paper's by default.
 
   Returns:
     (loss, metrics): the scalar loss to minimise and a dict of scalar metrics: loss,
     policy_loss, baseline_loss, entropy_loss, entropy, rho_mean (unclipped π/μ),
     rho_clipped_fraction (π/μ > ρ̄), value_mean, vs_mean, pg_advantage_mean; all means are
-    over real steps.
+    over real steps; the same keys for every correction.
+
+  Raises:
+    ValueError: the "epsilon" correction for a policy that is not a `Categorical` (at trace
+      time).
   """
   _check_inputs(policy, values, bootstrap_value, transitions)
   mask, reduction = transitions.mask, settings.reduction
   log_probs = policy.log_prob(transitions.actions)  # [T, B], carries the policy gradient.
-  targets, log_rhos = losses.vtrace_targets(
+  # log π, or log(π + ε) for the ε-correction: only the policy gradient's term changes.
+  pg_log_probs = corrections.policy_gradient_log_probs(
+      settings.correction, log_probs, discrete=isinstance(policy, distributions.Categorical))
+  targets, log_rhos = losses.correction_targets(
       log_probs, values, bootstrap_value, transitions,
       clip_rho_threshold=settings.clip_rho_threshold,
       clip_c_threshold=settings.clip_c_threshold,
-      clip_pg_rho_threshold=settings.clip_pg_rho_threshold, lambda_=settings.lambda_)
+      clip_pg_rho_threshold=settings.clip_pg_rho_threshold, lambda_=settings.lambda_,
+      correction=settings.correction)
   entropy = policy.entropy()  # [T, B]
   return _loss_and_metrics(
-      losses.policy_gradient_loss(log_probs, targets.pg_advantages, mask, reduction),
+      losses.policy_gradient_loss(pg_log_probs, targets.pg_advantages, mask, reduction),
       losses.baseline_loss(values, targets.vs, mask, reduction),
       losses.entropy_loss(entropy, mask, reduction),
       settings, entropy=entropy, values=values, targets=targets, log_rhos=log_rhos, mask=mask)
@@ -234,11 +263,12 @@ def appo_loss(
   else:
     chex.assert_equal_shape([proximal_log_probs, transitions.behaviour_log_probs])
     reference_log_probs = vtrace_log_probs = jax.lax.stop_gradient(proximal_log_probs)
-  targets, log_rhos = losses.vtrace_targets(
+  targets, log_rhos = losses.correction_targets(
       vtrace_log_probs, values, bootstrap_value, transitions,
       clip_rho_threshold=settings.clip_rho_threshold,
       clip_c_threshold=settings.clip_c_threshold,
-      clip_pg_rho_threshold=settings.clip_pg_rho_threshold, lambda_=settings.lambda_)
+      clip_pg_rho_threshold=settings.clip_pg_rho_threshold, lambda_=settings.lambda_,
+      correction=settings.correction)  # "vtrace": `AppoSettings` takes no other.
   advantages = targets.pg_advantages
   if settings.normalize_advantages:
     advantages = losses.standardize(advantages, mask)

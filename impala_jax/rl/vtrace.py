@@ -66,13 +66,13 @@ class VTraceOutput(NamedTuple):
   pg_advantages: Array
 
 
-def _check_threshold(name: str, threshold: Optional[float]) -> None:
+def check_threshold(name: str, threshold: Optional[float]) -> None:
   # Only concrete numbers can be checked; a traced threshold is the caller's responsibility.
   if isinstance(threshold, (int, float)) and threshold < 0:
     raise ValueError(f"{name} must be >= 0 or None, got {threshold}.")
 
 
-def _clipped_ratio(log_rhos: Array, threshold: Optional[float]) -> Array:
+def clipped_ratio(log_rhos: Array, threshold: Optional[float]) -> Array:
   """min(threshold, e^{log_rhos}), computed so that huge log-ratios stay finite.
 
   Clipping in log space means exp never sees more than log(threshold); log ρ = −inf gives
@@ -124,14 +124,14 @@ def vtrace(
   for name, threshold in (("clip_rho_threshold", clip_rho_threshold),
                           ("clip_c_threshold", clip_c_threshold),
                           ("clip_pg_rho_threshold", clip_pg_rho_threshold)):
-    _check_threshold(name, threshold)
+    check_threshold(name, threshold)
 
   # The whole computation produces targets: no gradient must reach any input through it.
   log_rhos, discounts, rewards, values, bootstrap_value = jax.lax.stop_gradient(
       (log_rhos, discounts, rewards, values, bootstrap_value))
 
-  rhos = _clipped_ratio(log_rhos, clip_rho_threshold)        # ρ_t
-  cs = lambda_ * _clipped_ratio(log_rhos, clip_c_threshold)  # c_t
+  rhos = clipped_ratio(log_rhos, clip_rho_threshold)        # ρ_t
+  cs = lambda_ * clipped_ratio(log_rhos, clip_c_threshold)  # c_t
   cs = jnp.broadcast_to(cs, values.shape).astype(values.dtype)
 
   # V(x_{t+1}) for t = 0..T-1.
@@ -150,7 +150,7 @@ def vtrace(
   vs = values + vs_minus_values
 
   vs_t_plus_1 = jnp.concatenate([vs[1:], bootstrap_value[None]], axis=0)  # v_T = V(x_T).
-  pg_rhos = _clipped_ratio(log_rhos, clip_pg_rho_threshold)
+  pg_rhos = clipped_ratio(log_rhos, clip_pg_rho_threshold)
   pg_advantages = pg_rhos * (rewards + discounts * vs_t_plus_1 - values)
 
   return VTraceOutput(vs=jax.lax.stop_gradient(vs),

@@ -36,6 +36,7 @@ from impala_jax.distributed import peer_loss
 from impala_jax.distributed import trajectory_store
 from impala_jax.learning import learner as learner_lib
 from impala_jax.learning import optimizers
+from impala_jax.rl import corrections
 from impala_jax.runtime import checkpoint as checkpoint_lib
 from impala_jax.runtime import learner_loop
 from impala_jax.runtime import metrics as metrics_lib
@@ -73,9 +74,10 @@ class TrainingRun:
     """Checks everything that can be checked before training starts.
 
     Raises:
-      ValueError: an unknown environment id, a network that doesn't fit the task, a batch
-        that doesn't split over the local devices, or a logdir holding another run's
-        checkpoints without `resume`.
+      ValueError: an unknown environment id, a network that doesn't fit the task, a
+        correction that doesn't fit its actions ("epsilon" for continuous ones), a batch that
+        doesn't split over the local devices, or a logdir holding another run's checkpoints
+        without `resume`.
     """
     self.config = config
     self._show_progress = show_progress
@@ -92,6 +94,8 @@ class TrainingRun:
       self._store.check()
     self._spec = envs.env_spec(config.env)
     self._network = networks.network_for_spec(config.network, self._spec)
+    # Only the environment knows its actions; the loss would refuse once traced, mid-run.
+    corrections.check_action_space(config.loss.correction, self._spec.discrete)
     checkpoint_dir = os.path.join(config.logdir, "checkpoints")
     if not config.resume and os.path.isdir(checkpoint_dir) and any(
         name.isdigit() for name in os.listdir(checkpoint_dir)):

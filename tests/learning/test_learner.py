@@ -125,6 +125,23 @@ def test_updates_reduce_the_loss_on_a_fixed_batch_and_count_steps():
   assert first["policy_version_mean"] == pytest.approx(3.0)
 
 
+@pytest.mark.parametrize("correction", config_lib.CORRECTIONS)
+def test_updates_run_with_each_off_policy_correction(correction):
+  """Every correction of the paper's ablation (§5.3) trains on a batch with autoreset steps:
+  finite updates that fit it, reporting the metrics V-trace's do."""
+  rng = np.random.default_rng(12)
+  unrolls = [make_unroll(rng) for _ in range(4)]
+  learner = _learner(_config(loss=config_lib.LossConfig(correction=correction,
+                                                        entropy_cost=0.0)))
+  first = learner.step(stack_unrolls(unrolls))
+  for _ in range(20):
+    last = learner.step(stack_unrolls(unrolls))
+  assert last["finite"] == 1.0 and all(np.isfinite(value) for value in last.values())
+  assert last["baseline_loss"] < first["baseline_loss"]
+  assert {"loss", "policy_loss", "baseline_loss", "entropy_loss", "entropy", "rho_mean",
+          "rho_clipped_fraction", "value_mean", "vs_mean", "pg_advantage_mean"} <= set(last)
+
+
 def test_sending_the_batch_ahead_gives_the_same_updates():
   """The accelerator's path (`jax.device_put` laid out as the update's own arrays), run here on
   the CPU, computes what the CPU's path (the host batch straight into the update) does."""
@@ -268,6 +285,11 @@ def test_loss_config_defaults_and_settings_come_from_the_rl_settings():
   # APPO's settings are checked for IMPALA too, with rl's messages.
   with pytest.raises(ValueError, match=r"clip_epsilon must be in \(0, 1\), got 1.5"):
     config_lib.LossConfig(clip_epsilon=1.5)
+  # Also with a correction APPO does not take, which IMPALA's settings hand on.
+  with pytest.raises(ValueError, match=r"clip_epsilon must be in \(0, 1\), got 1.5"):
+    config_lib.LossConfig(clip_epsilon=1.5, correction="none")
+  assert config_lib.LossConfig(correction="is_1step").settings() == objectives.ImpalaSettings(
+      correction="is_1step")
   with pytest.raises(ValueError, match="Unknown loss reduction 'median'; accepted: sum, mean"):
     config_lib.LossConfig(reduction="median")
 

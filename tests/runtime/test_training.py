@@ -264,6 +264,17 @@ def test_continuous_and_recurrent_agents_run_end_to_end(tmp_path, env_id, networ
   assert _no_stray_threads()[0]
 
 
+def test_the_epsilon_correction_is_refused_for_continuous_actions_before_training(tmp_path):
+  # log(π + ε) needs a probability π; HalfCheetah's Gaussian policy has a density.
+  config = config_lib.TrainConfig(
+      env=config_lib.EnvConfig("HalfCheetah-v4", num_envs=2),
+      network=config_lib.NetworkConfig("mlp"), loss=config_lib.LossConfig(correction="epsilon"),
+      num_actor_threads=1, unroll_length=10, batch_size=2, logdir=str(tmp_path / "run"))
+  with pytest.raises(ValueError, match=r"correction 'epsilon' .* discrete actions"):
+    runtime.TrainingRun(config, show_progress=False)
+  assert not os.path.exists(config.logdir)  # Refused before anything was written.
+
+
 def test_default_actor_layout_follows_the_core_count():
   layouts = {cores: config_lib.default_actor_layout(cores) for cores in range(1, 129)}
   threads = [layouts[c][0] for c in sorted(layouts)]
