@@ -64,9 +64,10 @@ def cell_name(correction: str, delay: int) -> str:
 
 def run_grid(config: str, script: str, corrections: Sequence[str], delays: Sequence[int],
              seeds: Sequence[int], output_dir: str, run_flags: Sequence[str]) -> None:
-  for delay in delays:
-    for correction in corrections:
-      for seed in seeds:
+  # Seed by seed: an interrupted sweep leaves whole grids of the first seeds.
+  for seed in seeds:
+    for delay in delays:
+      for correction in corrections:
         logdir = os.path.join(output_dir, cell_name(correction, delay), f"seed_{seed}")
         print(f"{cell_name(correction, delay)}, seed {seed}: {logdir}", flush=True)
         code = learning.run_one(

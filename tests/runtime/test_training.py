@@ -163,6 +163,8 @@ def test_sigterm_during_a_run_exits_within_seconds_with_a_checkpoint(tmp_path):
      "--listen=0.0.0.0:0 is not a loopback address and has no TLS"),
     (["--objective=ppo"], "--objective=ppo: value should be one of <impala|appo>"),
     (["--num_minibatches=3"], "batch_size=32 is not divisible by num_minibatches=3"),
+    (["--popart", "--popart_step_size=0.01"],
+     "popart_step_size=0.01 times the 640 value targets of one optimizer step"),
 ])
 def test_bad_input_exits_nonzero_with_a_clear_message(tmp_path, args, message):
   cmd = [sys.executable, os.path.join(REPO, "experiments", "atari.py"),
