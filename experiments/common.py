@@ -29,6 +29,7 @@ def define_flags(defaults: Dict[str, Any]) -> None:
   _define_env_flags(d)
   _define_learner_flags(d)
   _define_objective_flags(d)
+  _define_popart_flags(d)
   _define_optimizer_flags(d)
   _define_run_flags(d)
   _define_remote_flags(d)
@@ -55,7 +56,7 @@ class _Defaults:
 _ENV, _NET, _LOSS = config_lib.EnvConfig, config_lib.NetworkConfig, config_lib.LossConfig
 _OPT, _TRAIN, _LIMITS = config_lib.OptimizerConfig, config_lib.TrainConfig, config_lib.ValueLimits
 _REMOTE, _STORE = config_lib.RemoteEnvConfig, config_lib.TrajectoryStoreConfig
-_MULTI = config_lib.MultiHostConfig
+_MULTI, _POPART = config_lib.MultiHostConfig, config_lib.PopArtConfig
 
 
 def _define_env_flags(d: _Defaults) -> None:
@@ -130,6 +131,15 @@ def _define_objective_flags(d: _Defaults) -> None:
                     "(proximal: decoupled PPO, Hilton et al. 2021).")
   flags.DEFINE_bool("normalize_advantages", d(_LOSS, "normalize_advantages"), "APPO: "
                     "standardise each minibatch's advantages.")
+
+
+def _define_popart_flags(d: _Defaults) -> None:
+  flags.DEFINE_bool("popart", d(_POPART, "enabled"), "PopArt (Hessel et al. 2019): learn "
+                    "normalised values per task, baseline and advantages in units of σ.")
+  flags.DEFINE_float("popart_step_size", d(_POPART, "step_size"), "PopArt's β, its "
+                     "statistics' step size per value target.")
+  flags.DEFINE_float("popart_scale_lb", d(_POPART, "scale_lb"), "PopArt's lower bound on σ.")
+  flags.DEFINE_float("popart_scale_ub", d(_POPART, "scale_ub"), "PopArt's upper bound on σ.")
 
 
 def _define_optimizer_flags(d: _Defaults) -> None:
@@ -304,6 +314,7 @@ def config_from_flags() -> config_lib.TrainConfig:
   return config_flags.build(
       _TRAIN, env=env_config_from_flags(), network=config_flags.build(_NET),
       loss=config_flags.build(_LOSS), optimizer=config_flags.build(_OPT),
+      popart=config_flags.build(_POPART),
       value_limits=config_flags.build(_LIMITS), remote_envs=remote_config_from_flags(),
       trajectory_store=store_config_from_flags(), multihost=multihost_config_from_flags())
 

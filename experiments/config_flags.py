@@ -34,6 +34,9 @@ FIELD_FLAGS: Dict[type, Dict[str, str]] = {
         lambda_="vtrace_lambda", reduction="loss_reduction", clip_epsilon="clip_epsilon",
         normalize_advantages="normalize_advantages", ppo_ratio="ppo_ratio",
         correction="correction"),
+    config_lib.PopArtConfig: dict(
+        enabled="popart", step_size="popart_step_size", scale_lb="popart_scale_lb",
+        scale_ub="popart_scale_ub"),
     config_lib.OptimizerConfig: dict(
         optimizer="optimizer", learning_rate="learning_rate", rmsprop_decay="rmsprop_decay",
         rmsprop_momentum="rmsprop_momentum", rmsprop_epsilon="rmsprop_epsilon",
@@ -83,8 +86,11 @@ NOT_FLAGS: Dict[type, Dict[str, str]] = {
         episodic_life=_ATARI_PROTOCOL, reward_clip=_ATARI_PROTOCOL, noop_max=_ATARI_PROTOCOL,
         stack_num=_ATARI_PROTOCOL, frame_skip=_ATARI_PROTOCOL,
         repeat_action_probability=_ATARI_PROTOCOL),
+    config_lib.PopArtConfig: dict(
+        num_tasks="one task (every environment is task 0) until environments carry task ids "
+        "(docs/architecture.md)"),
     config_lib.TrainConfig: dict(
-        env=_NESTED, network=_NESTED, loss=_NESTED, optimizer=_NESTED,
+        env=_NESTED, network=_NESTED, loss=_NESTED, optimizer=_NESTED, popart=_NESTED,
         value_limits=_NESTED,
         remote_envs=_NESTED + " (None unless --listen)",
         trajectory_store=_NESTED + " (None unless --trajectory_store)",

@@ -24,6 +24,7 @@ from impala_jax.config_scale_out import ValueLimits
 from impala_jax.rl import corrections as rl_corrections
 from impala_jax.rl import losses as rl_losses
 from impala_jax.rl import objectives as rl_objectives
+from impala_jax.rl import popart as rl_popart
 
 # Network torsos (`networks.torsos.make_torso`).
 TORSOS = ("shallow", "nature", "deep", "mlp")
@@ -178,6 +179,41 @@ class LossConfig:
                           rl_objectives.ImpalaSettings)
 
 
+@dataclasses.dataclass(frozen=True)
+class PopArtConfig:
+  """PopArt (`rl.popart`; Hessel et al. 2019): the value head learns normalised values, one per
+  task, and the baseline and advantages are measured in units of each task's σ. β and σ's
+  bounds take their defaults from `rl.popart.PopArtSettings`, their one source.
+
+  Attributes:
+    enabled: learn PopArt's normalised values; False: one plain value, the paper's IMPALA.
+    step_size: β, ART's step size per value target.
+    scale_lb, scale_ub: σ_min and σ_max.
+    num_tasks: K, the tasks with statistics and a value output of their own. Every environment
+      is task 0 until environments carry task ids (docs/architecture.md).
+  """
+
+  enabled: bool = False
+  step_size: float = rl_popart.PopArtSettings.step_size
+  scale_lb: float = rl_popart.PopArtSettings.scale_lb
+  scale_ub: float = rl_popart.PopArtSettings.scale_ub
+  num_tasks: int = 1
+
+  def __post_init__(self):
+    _require(self.num_tasks >= 1, f"num_tasks must be >= 1, got {self.num_tasks}.")
+    self.settings()  # Checks β and the bounds, whether PopArt is on or not.
+
+  def settings(self) -> rl_popart.PopArtSettings:
+    return rl_popart.PopArtSettings(step_size=self.step_size, scale_lb=self.scale_lb,
+                                    scale_ub=self.scale_ub)
+
+  @property
+  def network_tasks(self) -> Optional[int]:
+    """The value head's outputs (`networks.make_network`'s `num_tasks`): one per task with
+    PopArt, None (one plain value) without."""
+    return self.num_tasks if self.enabled else None
+
+
 # Environments per actor thread: EnvPool's throughput per Python step grows with the pool, and
 # 32 per thread was the fastest of the layouts measured (docs/performance.md).
 _ENVS_PER_ACTOR_THREAD = 32
@@ -250,7 +286,7 @@ class TrainConfig:
 
   Attributes:
     env: one actor thread's EnvPool (each of `num_actor_threads` threads owns one).
-    network, loss, optimizer: see their classes.
+    network, loss, optimizer, popart: see their classes.
     num_actor_threads: actor threads, each stepping its own EnvPool.
     unroll_length: T, agent steps per unroll (each unroll carries T+1 observations).
     batch_size: unrolls per learner update, split evenly over the local devices.
@@ -289,6 +325,7 @@ class TrainConfig:
   network: NetworkConfig = NetworkConfig()
   loss: LossConfig = LossConfig()
   optimizer: OptimizerConfig = OptimizerConfig()
+  popart: PopArtConfig = PopArtConfig()
   num_actor_threads: int = 2
   unroll_length: int = 20
   batch_size: int = 32
@@ -342,6 +379,15 @@ class TrainConfig:
              f"publish_delay_updates must be >= 0, got {self.publish_delay_updates}.")
     _require(self.inference_batch_wait_ms >= 0,
              f"inference_batch_wait_ms must be >= 0, got {self.inference_batch_wait_ms}.")
+    if self.popart.enabled:
+      # ART moves μ by β N (mean − μ) for N targets (`rl.popart`): past the batch's own mean
+      # when β N > 1, and it diverges past 2.
+      targets = self.steps_per_update // self.num_minibatches
+      _require(self.popart.step_size * targets <= 1.0,
+               f"popart_step_size={self.popart.step_size} times the {targets} value targets of "
+               "one optimizer step (batch_size × unroll_length × processes / num_minibatches) "
+               f"is {self.popart.step_size * targets:.3g} > 1: PopArt's statistics would "
+               f"overshoot each batch's mean. Use popart_step_size <= {1.0 / targets:.3g}.")
 
   @property
   def num_processes(self) -> int:

@@ -7,8 +7,8 @@ The configuration comes from the checkpoint's own metadata (what `runtime.traini
 those parameters), or from `<logdir>/config.json` for a checkpoint without it. The network is
 rebuilt exactly as training built it (`envs.env_spec` of the run's `EnvConfig`, then
 `networks.network_for_spec`), and the checkpoint is restored into the structure of the
-learner's own `TrainState` (parameters, optimizer state, update counter); only the parameters
-are kept.
+learner's own `TrainState` (parameters, optimizer state, update counter, PopArt's statistics);
+only the parameters are kept: acting needs the policy alone, never PopArt's values.
 
 Reading never writes: a run that is still training can be evaluated while it saves (Orbax
 finalises a checkpoint by renaming it, and unfinished ones are not listed).
@@ -22,14 +22,13 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from impala_jax import config as config_lib
 from impala_jax import envs
 from impala_jax import networks
 from impala_jax.learning import optimizers
-from impala_jax.learning.update import TrainState
+from impala_jax.learning import update as update_lib
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -149,11 +148,11 @@ def checkpoint_steps(logdir: str) -> List[int]:
 
 
 def _template(network: networks.ImpalaNetwork, spec: envs.EnvSpec,
-              config: config_lib.TrainConfig) -> TrainState:
+              config: config_lib.TrainConfig) -> update_lib.TrainState:
   """The learner's `TrainState` structure (`learning.learner.Learner.__init__`)."""
   params = networks.init_params(network, spec, config.seed)
   optimizer = optimizers.make_optimizer(config.optimizer, config.anneal_optimizer_steps)
-  return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+  return update_lib.initial_train_state(params, optimizer, config.popart)
 
 
 def load_policy(logdir: str, step: Optional[int] = None) -> Policy:
@@ -181,9 +180,11 @@ def load_policy(logdir: str, step: Optional[int] = None) -> Policy:
     else:
       config = read_config_file(logdir)
     spec = envs.env_spec(config.env)
-    network = networks.network_for_spec(config.network, spec)
+    network = networks.network_for_spec(config.network, spec,
+                                        num_tasks=config.popart.network_tasks)
     template = _template(network, spec, config)
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
+                            update_lib.checkpoint_fields(template))
     try:
       restored = manager.restore(
           step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
@@ -194,6 +195,6 @@ def load_policy(logdir: str, step: Optional[int] = None) -> Policy:
   finally:
     manager.close()
   env_steps = metadata.get("env_steps")
-  return Policy(config=config, spec=spec, network=network, params=restored["state"].params,
+  return Policy(config=config, spec=spec, network=network, params=restored["state"]["params"],
                 step=int(step), env_steps=None if env_steps is None else int(env_steps),
                 logdir=logdir)

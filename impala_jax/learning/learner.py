@@ -17,7 +17,6 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence
 
 import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -57,8 +56,10 @@ class Learner:
   def __init__(self, apply_fn: Callable[..., Any], params: Any,
                optimizer: optax.GradientTransformation, loss: config_lib.LossConfig, *,
                num_epochs: int, num_minibatches: int, seed: int, unroll_steps: bool,
-               devices: Optional[Sequence[jax.Device]] = None):
-    """Replicates `params` and the optimizer's state over the devices and builds the update.
+               devices: Optional[Sequence[jax.Device]] = None,
+               popart: config_lib.PopArtConfig = config_lib.PopArtConfig()):
+    """Replicates `params`, the optimizer's state and PopArt's statistics (when it is on) over
+    the devices and builds the update.
 
     Args:
       apply_fn: the network's `apply` (`update.make_update_fn`).
@@ -71,6 +72,8 @@ class Learner:
       unroll_steps: run the optimizer steps as an unrolled loop rather than a scan: True for
         a convolutional torso (`ImpalaNetwork.convolutional`, see `learning.update`).
       devices: the local devices to use; None: all of them.
+      popart: PopArt's settings (`update.make_update_fn`); on, `apply_fn`'s network has one
+        value output per task (`config.PopArtConfig.network_tasks`).
     """
     self._devices = list(devices or jax.local_devices())
     # Multi-process: pmap over the global devices (None), fed with process-local shards.
@@ -81,11 +84,11 @@ class Learner:
     self._optimizer = optimizer
     update = update_lib.make_update_fn(
         apply_fn, optimizer, loss, num_epochs=num_epochs, num_minibatches=num_minibatches,
-        seed=seed, axis_name=_AXIS, unroll_steps=unroll_steps)
+        seed=seed, axis_name=_AXIS, unroll_steps=unroll_steps, popart=popart)
     self._update = jax.pmap(update, axis_name=_AXIS, devices=self._pmap_devices,
                             donate_argnums=(0,))
     self._state = self._replicate(
-        TrainState(params, self._optimizer.init(params), jnp.zeros((), jnp.int32)))
+        update_lib.initial_train_state(params, self._optimizer, popart))
     # Host mirror of state.update_step: the runtime reads it every update, and reading the
     # device copy would add a device→host sync to the learner loop.
     self._update_step = 0

@@ -15,11 +15,19 @@ For convolutional torsos the loops are Python loops, unrolled into the jitted fu
 about 17× slower on XLA:CPU (jax-ml/jax#12868). An MLP has no such penalty, and there the
 steps run in one `lax.scan`, whose compile time does not grow with epochs × minibatches.
 
+With PopArt (`rl.popart`) each gradient step is, in this order: the network without gradient
+for the V-trace targets v_s on V = σ n + μ; ART, the statistics from them, summed over devices;
+POP, the value head's last layer rescaled so that V is unchanged; then the objective on the
+rescaled parameters with the new σ' (`value_scale`) and the optimizer step. The statistics live
+in `TrainState.popart`. The first pass costs one more forward pass per gradient step. Over
+several epochs each target moves the statistics once per epoch, as each is regressed on once
+per epoch.
+
 Batches are time-major, as the actors write them: each device gets `[T+1, B/D, ...]` (the
 learner's `transfer`), so nothing is transposed anywhere.
 """
 
-from typing import Any, Callable, Dict, NamedTuple, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import jax
 import jax.flatten_util
@@ -27,16 +35,49 @@ import jax.numpy as jnp
 import optax
 
 from impala_jax import config as config_lib
+from impala_jax import networks
 from impala_jax import types
+from impala_jax.rl import losses as rl_losses
 from impala_jax.rl import objectives
+from impala_jax.rl import popart as popart_lib
 
 AXIS = "devices"
 
 
 class TrainState(NamedTuple):
+  """What the learner updates and a checkpoint keeps (`checkpoint_fields`).
+
+  Attributes:
+    params: the network's variables.
+    opt_state: the optimizer's state.
+    update_step: int32 scalar, learner updates (batches) applied so far.
+    popart: PopArt's statistics (`rl.popart.PopArtState`, leaves `[num_tasks]`), replicated
+      like the parameters; None without PopArt.
+  """
+
   params: Any
   opt_state: Any
-  update_step: jax.Array  # int32 scalar, learner updates (batches) applied so far
+  update_step: jax.Array
+  popart: Optional[popart_lib.PopArtState] = None
+
+
+def initial_train_state(params: Any, optimizer: optax.GradientTransformation,
+                        popart: config_lib.PopArtConfig) -> TrainState:
+  """A run's first `TrainState`, and the structure its checkpoints restore into: `params`, the
+  optimizer's initial state, no updates, and PopArt's initial statistics when it is on."""
+  return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32),
+                    popart_lib.initial_state(popart.num_tasks) if popart.enabled else None)
+
+
+def checkpoint_fields(state: TrainState) -> Dict[str, Any]:
+  """What a checkpoint holds of `state`: its fields that are not None, by name.
+
+  Orbax stores a NamedTuple by field name, as it stores this dict, so a run without PopArt
+  writes exactly what runs wrote before `TrainState.popart` existed, and their checkpoints
+  restore into its state (`TrainState._replace(**fields)`); Orbax refuses a template with a
+  field the checkpoint lacks, even a None one.
+  """
+  return {name: value for name, value in state._asdict().items() if value is not None}
 
 
 def learner_inputs(unroll: types.Unroll, discount: float) -> types.Transitions:
@@ -56,27 +97,73 @@ def learner_inputs(unroll: types.Unroll, discount: float) -> types.Transitions:
       mask=1.0 - done[:-1].astype(jnp.float32))
 
 
+def unroll_tasks(unroll: types.Unroll) -> jax.Array:
+  """`[T+1, B]` int32, the task of each unroll's environment: 0 everywhere until `types.Unroll`
+  carries it (docs/architecture.md)."""
+  return jnp.zeros(unroll.reward.shape, jnp.int32)
+
+
+def _unnormalized_values(output_value: jax.Array, popart_state: popart_lib.PopArtState,
+                         tasks: jax.Array) -> jax.Array:
+  """V = σ n + μ `[T+1, B]` from the network's normalised values n `[T+1, B, K]`."""
+  return popart_lib.unnormalize(popart_state, popart_lib.select(output_value, tasks), tasks)
+
+
 _OBJECTIVES = {"impala": objectives.impala_loss, "appo": objectives.appo_loss}
 
 
 def make_loss_fn(apply_fn: Callable[..., Any], loss_config: config_lib.LossConfig):
-  """`loss_fn(params, unroll) -> (loss, metrics)` on a time-major `Unroll` `[T+1, B, ...]`.
+  """`loss_fn(params, unroll, proximal_log_probs=None, popart_state=None) -> (loss, metrics)`
+  on a time-major `Unroll` `[T+1, B, ...]`.
 
   The network runs over all T+1 timesteps from the unroll's recorded core state; V(x_T) is the
-  bootstrap value; the objective (`loss_config.objective`) scores steps 0..T-1.
+  bootstrap value; the objective (`loss_config.objective`) scores steps 0..T-1. With PopArt's
+  statistics (`popart_state`) the network's values are normalised, one per task: the objective
+  gets V = σ n + μ of each unroll's task and σ as `value_scale` (`rl.objectives`).
   """
   objective = _OBJECTIVES[loss_config.objective]
   settings = loss_config.settings()
 
-  def loss_fn(params, unroll: types.Unroll, proximal_log_probs=None):
+  def loss_fn(params, unroll: types.Unroll, proximal_log_probs=None, popart_state=None):
     output, _ = apply_fn(params, unroll.observation, unroll.first, unroll.core_state)
     transitions = learner_inputs(unroll, loss_config.discount)
     policy = jax.tree.map(lambda x: x[:-1], output.policy)
     extra = {} if proximal_log_probs is None else {"proximal_log_probs": proximal_log_probs}
-    return objective(policy, output.value[:-1], output.value[-1], transitions, settings,
-                     **extra)
+    values = output.value
+    if popart_state is not None:
+      tasks = unroll_tasks(unroll)
+      values = _unnormalized_values(output.value, popart_state, tasks)
+      extra["value_scale"] = popart_state.scale[tasks[:-1]]
+    return objective(policy, values[:-1], values[-1], transitions, settings, **extra)
 
   return loss_fn
+
+
+def make_popart_targets_fn(apply_fn: Callable[..., Any], loss_config: config_lib.LossConfig):
+  """`fn(params, popart_state, unroll [T+1, B], proximal_log_probs or None) -> (v_s, tasks,
+  mask)`, each `[T, B]`: the value targets the objective computes (`rl.objectives`: V-trace,
+  or the run's `correction`), from the same log-probabilities and settings, on V = σ n + μ;
+  PopArt's step 1 (`rl.popart`)."""
+  settings = loss_config.settings()
+
+  def targets_fn(params, popart_state, unroll: types.Unroll, proximal_log_probs=None):
+    output, _ = apply_fn(params, unroll.observation, unroll.first, unroll.core_state)
+    transitions = learner_inputs(unroll, loss_config.discount)
+    tasks = unroll_tasks(unroll)
+    values = _unnormalized_values(output.value, popart_state, tasks)
+    vtrace_log_probs = proximal_log_probs  # Decoupled APPO: V-trace weighs by π_prox/μ.
+    if vtrace_log_probs is None:  # IMPALA, and APPO against μ: by π/μ.
+      policy = jax.tree.map(lambda x: x[:-1], output.policy)
+      vtrace_log_probs = policy.log_prob(transitions.actions)
+    targets, _ = rl_losses.correction_targets(
+        vtrace_log_probs, values[:-1], values[-1], transitions,
+        clip_rho_threshold=settings.clip_rho_threshold,
+        clip_c_threshold=settings.clip_c_threshold,
+        clip_pg_rho_threshold=settings.clip_pg_rho_threshold, lambda_=settings.lambda_,
+        correction=settings.correction)
+    return targets.vs, tasks[:-1], transitions.mask
+
+  return targets_fn
 
 
 def make_proximal_log_probs_fn(apply_fn: Callable[..., Any]):
@@ -123,14 +210,29 @@ def pmean_as_one_buffer(tree: Any, axis_name: str) -> Any:
 
 
 def _make_gradient_step(loss_fn: Callable[..., Any], optimizer: optax.GradientTransformation,
-                        axis_name: str, reduction: str):
-  """`step(params, opt_state, minibatch) -> (params, opt_state, metrics, finite)`: one optax
-  step on `(unroll [T+1, b], proximal log-probs [T, b] or None)`, gradients over all devices."""
+                        axis_name: str, reduction: str, popart_targets_fn=None,
+                        popart_update=None):
+  """`step(params, opt_state, popart_state, minibatch) -> (params, opt_state, popart_state,
+  metrics, finite)`: one optax step on `(unroll [T+1, b], proximal log-probs [T, b] or None)`,
+  gradients over all devices. With PopArt (`popart_targets_fn` and `popart_update`, the
+  `rl.popart.PopArt` update) the step first updates the statistics and rescales the value
+  head (module docstring); without, `popart_state` is None and passes through."""
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def gradient_step(params, opt_state, minibatch):
+  def gradient_step(params, opt_state, popart_state, minibatch):
     unroll, proximal = minibatch
-    (_, metrics), grads = grad_fn(params, unroll, proximal)
+    if popart_update is None:
+      (_, metrics), grads = grad_fn(params, unroll, proximal)
+    else:
+      # 1. targets on V = σ n + μ; 2. ART; 3. POP (V unchanged); 4. the loss with σ', μ'.
+      targets, tasks, mask = popart_targets_fn(params, popart_state, unroll, proximal)
+      linear, popart_state = popart_update(networks.value_linear(params), popart_state,
+                                           targets, tasks, mask)
+      params = networks.with_value_linear(params, linear)
+      (_, metrics), grads = grad_fn(params, unroll, proximal, popart_state)
+      # Means over tasks; every device holds the same statistics.
+      metrics["popart_shift"] = jnp.mean(popart_state.shift)
+      metrics["popart_scale"] = jnp.mean(popart_state.scale)
     grads = pmean_as_one_buffer(grads, axis_name)
     if reduction == "sum":
       # Each device summed over its share of the batch; the paper's loss sums over all of it.
@@ -139,7 +241,7 @@ def _make_gradient_step(loss_fn: Callable[..., Any], optimizer: optax.GradientTr
     metrics["grad_norm"] = optax.global_norm(grads)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     finite = jnp.logical_and(jnp.isfinite(metrics["loss"]), jnp.isfinite(metrics["grad_norm"]))
-    return optax.apply_updates(params, updates), opt_state, metrics, finite
+    return optax.apply_updates(params, updates), opt_state, popart_state, metrics, finite
 
   return gradient_step
 
@@ -153,46 +255,49 @@ def _minibatch_order(update_key: jax.Array, batch_size: int, num_epochs: int,
       for epoch in range(num_epochs)])
 
 
-def _unrolled_steps(gradient_step, params, opt_state, batch, order):
+def _unrolled_steps(gradient_step, params, opt_state, popart_state, batch, order):
   """The steps as a Python loop, unrolled into the jitted program (see module docstring).
 
-  `order` is `_minibatch_order`'s `[num_epochs, num_minibatches, b]`; returns the new params
-  and optimizer state, the metrics averaged over the steps, and whether all were finite.
+  `order` is `_minibatch_order`'s `[num_epochs, num_minibatches, b]`; returns the new params,
+  optimizer state and PopArt statistics (None without), the metrics averaged over the steps,
+  and whether all were finite.
   """
   num_epochs, num_minibatches = order.shape[:2]
   all_finite, step_metrics = jnp.array(True), []
   for epoch in range(num_epochs):
     for i in range(num_minibatches):
       minibatch = batch if num_minibatches == 1 else _select_minibatch(batch, order[epoch, i])
-      params, opt_state, metrics, finite = gradient_step(params, opt_state, minibatch)
+      params, opt_state, popart_state, metrics, finite = gradient_step(
+          params, opt_state, popart_state, minibatch)
       all_finite = jnp.logical_and(all_finite, finite)
       step_metrics.append(metrics)
   metrics = jax.tree.map(lambda *m: jnp.mean(jnp.stack(m)), *step_metrics)
-  return params, opt_state, metrics, all_finite
+  return params, opt_state, popart_state, metrics, all_finite
 
 
-def _scanned_steps(gradient_step, params, opt_state, batch, order):
+def _scanned_steps(gradient_step, params, opt_state, popart_state, batch, order):
   """`_unrolled_steps` as one `lax.scan`: compile time independent of the number of steps."""
   def body(carry, indices):
-    params, opt_state = carry
     minibatch = _select_minibatch(batch, indices)
-    params, opt_state, metrics, finite = gradient_step(params, opt_state, minibatch)
-    return (params, opt_state), (metrics, finite)
+    params, opt_state, popart_state, metrics, finite = gradient_step(*carry, minibatch)
+    return (params, opt_state, popart_state), (metrics, finite)
 
   flat_order = order.reshape((order.shape[0] * order.shape[1], -1))
-  (params, opt_state), (metrics, finite) = jax.lax.scan(body, (params, opt_state), flat_order)
-  return params, opt_state, jax.tree.map(jnp.mean, metrics), jnp.all(finite)
+  (params, opt_state, popart_state), (metrics, finite) = jax.lax.scan(
+      body, (params, opt_state, popart_state), flat_order)
+  return params, opt_state, popart_state, jax.tree.map(jnp.mean, metrics), jnp.all(finite)
 
 
 def make_update_fn(apply_fn: Callable[..., Any], optimizer: optax.GradientTransformation,
                    loss_config: config_lib.LossConfig, *, num_epochs: int = 1,
                    num_minibatches: int = 1, seed: int = 0, axis_name: str = AXIS,
-                   unroll_steps: bool = True):
+                   unroll_steps: bool = True,
+                   popart: config_lib.PopArtConfig = config_lib.PopArtConfig()):
   """Builds the per-device update; run it under `jax.pmap(..., axis_name=axis_name)`.
 
   Args:
     apply_fn: `apply_fn(params, observation [T+1, B, ...], first [T+1, B], core_state) ->
-      (AgentOutput [T+1, B], core_state)`.
+      (AgentOutput [T+1, B], core_state)`; with PopArt its value is `[T+1, B, num_tasks]`.
     optimizer: an optax transformation.
     loss_config: the objective and its coefficients.
     num_epochs: passes over the batch.
@@ -203,19 +308,28 @@ def make_update_fn(apply_fn: Callable[..., Any], optimizer: optax.GradientTransf
       the program (for convolutional torsos on XLA:CPU, module docstring), or as one
       `lax.scan` (compile time and program size independent of the number of steps: 10
       epochs × 8 minibatches unrolled took minutes to compile).
+    popart: PopArt's settings; enabled, every gradient step updates `TrainState.popart` and
+      rescales the value head before its loss (module docstring, `rl.popart`).
 
   Returns:
     `update(state, batch) -> (state, metrics)` where `batch` is a time-major `Unroll` with
     leaves `[T+1, B, ...]` (this device's share) and core_state leaves `[B, ...]`. Metrics
-    are means over the update's optimizer steps. An update with a non-finite loss or gradient
-    in any step is not applied (state unchanged) and reports `metrics["finite"] = 0`, so the
-    caller can stop with the last good state intact.
+    are means over the update's optimizer steps (with PopArt also `popart_shift` and
+    `popart_scale`, μ and σ averaged over tasks). An update with a non-finite loss or
+    gradient in any step is not applied (state unchanged) and reports
+    `metrics["finite"] = 0`, so the caller can stop with the last good state intact.
 
   Raises:
     ValueError: when traced on a batch whose unrolls don't split into `num_minibatches`.
   """
   loss_fn = make_loss_fn(apply_fn, loss_config)
-  gradient_step = _make_gradient_step(loss_fn, optimizer, axis_name, loss_config.reduction)
+  popart_steps = {}
+  if popart.enabled:
+    popart_steps = dict(
+        popart_targets_fn=make_popart_targets_fn(apply_fn, loss_config),
+        popart_update=popart_lib.popart(popart.num_tasks, popart.settings(), axis_name).update)
+  gradient_step = _make_gradient_step(loss_fn, optimizer, axis_name, loss_config.reduction,
+                                      **popart_steps)
   base_key = jax.random.PRNGKey(seed)
   use_proximal = loss_config.objective == "appo" and loss_config.ppo_ratio == "proximal"
   proximal_log_probs_fn = make_proximal_log_probs_fn(apply_fn)
@@ -230,10 +344,14 @@ def make_update_fn(apply_fn: Callable[..., Any], optimizer: optax.GradientTransf
                        f"num_minibatches={num_minibatches} minibatches of whole unrolls.")
     order = _minibatch_order(jax.random.fold_in(base_key, state.update_step), batch_size,
                              num_epochs, num_minibatches)
+    if popart.enabled != (state.popart is not None):  # Checked once, while tracing.
+      raise ValueError(f"PopArt is {'on' if popart.enabled else 'off'} but the train state "
+                       f"{'lacks' if popart.enabled else 'holds'} its statistics "
+                       "(`initial_train_state`).")
     proximal = proximal_log_probs_fn(state.params, batch) if use_proximal else None
-    params, opt_state, metrics, all_finite = steps(gradient_step, state.params,
-                                                   state.opt_state, (batch, proximal), order)
-    new_state = TrainState(params, opt_state, state.update_step + 1)
+    params, opt_state, popart_state, metrics, all_finite = steps(
+        gradient_step, state.params, state.opt_state, state.popart, (batch, proximal), order)
+    new_state = TrainState(params, opt_state, state.update_step + 1, popart_state)
     new_state = jax.tree.map(lambda new, old: jnp.where(all_finite, new, old), new_state, state)
     metrics["finite"] = all_finite.astype(jnp.float32)
     metrics["policy_version_mean"] = jnp.mean(batch.policy_version[:-1].astype(jnp.float32))

@@ -9,6 +9,8 @@ from impala_jax.networks.agent import ImpalaNetwork
 from impala_jax.networks.agent import init_params
 from impala_jax.networks.agent import make_network
 from impala_jax.networks.agent import network_for_spec
+from impala_jax.networks.agent import value_linear
+from impala_jax.networks.agent import with_value_linear
 from impala_jax.networks.cores import initial_core_state
 from impala_jax.networks.cores import LSTMCore
 from impala_jax.networks.cores import LSTMState

@@ -28,7 +28,7 @@ Usage:
     (agent_output, new_core_state) = net.apply(params, observation, first, core_state)
 """
 
-from typing import NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import chex
 from flax import linen as nn
@@ -49,7 +49,9 @@ class AgentOutput(NamedTuple):
   Attributes:
     policy: π(·|x_t), a `distributions.Categorical` (logits `[T, B, num_actions]`) or a
       `distributions.DiagGaussian` (mean and log_std `[T, B, action_dim]`).
-    value: V(x_t), `[T, B]` float32.
+    value: V(x_t), `[T, B]` float32; with `num_tasks`, one normalised value n(x_t) per task,
+      `[T, B, num_tasks]`, which only the learner reads (`rl.popart`): acting and evaluation
+      use the policy alone.
   """
 
   policy: distributions.Distribution
@@ -72,6 +74,8 @@ class ImpalaNetwork(nn.Module):
     mlp_hidden_sizes: hidden layers of the MLP torso (ignored by the others).
     space_to_depth: the shallow and nature torsos' convolutions as `SpaceToDepthConv`
       (faster on CPU, identical parameters and outputs); False gives plain `nn.Conv`.
+    num_tasks: None for one value V(x) (the paper's agent); K for PopArt's K normalised values,
+      one per task (`heads.ValueHead`).
   """
 
   torso: str
@@ -81,6 +85,7 @@ class ImpalaNetwork(nn.Module):
   lstm_size: int = 256
   mlp_hidden_sizes: Sequence[int] = (64, 64)
   space_to_depth: bool = True
+  num_tasks: Optional[int] = None
 
   def __post_init__(self):
     # Validate at construction so a bad configuration fails where it is written, not at the
@@ -96,6 +101,8 @@ class ImpalaNetwork(nn.Module):
       raise ValueError(f"action_dim must be >= 1, got {self.action_dim}.")
     if self.lstm_size < 1:
       raise ValueError(f"lstm_size must be >= 1, got {self.lstm_size}.")
+    if self.num_tasks is not None and self.num_tasks < 1:
+      raise ValueError(f"num_tasks must be >= 1 or None, got {self.num_tasks}.")
     if self.torso == "mlp" and (not self.mlp_hidden_sizes or
                                 any(size < 1 for size in self.mlp_hidden_sizes)):
       raise ValueError(
@@ -132,7 +139,8 @@ class ImpalaNetwork(nn.Module):
 
     Returns:
       `(AgentOutput(policy leaves [T, B, A], value [T, B] float32), new_core_state)`, the
-      state after step T-1 (same structure as `core_state`; `()` without an LSTM).
+      state after step T-1 (same structure as `core_state`; `()` without an LSTM); with
+      `num_tasks`, value is `[T, B, num_tasks]`.
     """
     chex.assert_rank(first, 2)
     chex.assert_equal_shape_prefix([observation, first], prefix_len=2)
@@ -162,13 +170,14 @@ class ImpalaNetwork(nn.Module):
       policy = heads.CategoricalHead(self.num_actions, name="policy")(features)
     else:
       policy = heads.DiagGaussianHead(self.action_dim, name="policy")(features)
-    value = heads.ValueHead(name="value")(features)
+    value = heads.ValueHead(self.num_tasks, name="value")(features)
     return AgentOutput(policy=policy, value=value), core_state
 
 
 def make_network(network_config: config_lib.NetworkConfig, *,
                  num_actions: Optional[int] = None,
-                 action_dim: Optional[int] = None) -> ImpalaNetwork:
+                 action_dim: Optional[int] = None,
+                 num_tasks: Optional[int] = None) -> ImpalaNetwork:
   """Builds the `ImpalaNetwork` that `network_config` describes.
 
   Args:
@@ -176,6 +185,8 @@ def make_network(network_config: config_lib.NetworkConfig, *,
     num_actions: discrete action count (categorical policy), or None.
     action_dim: continuous action size (diagonal-Gaussian policy), or None. Exactly one of
       `num_actions` and `action_dim` must be given.
+    num_tasks: PopArt's value outputs, one per task (`config.PopArtConfig.network_tasks`), or
+      None for one plain value.
 
   Returns:
     An unbound `ImpalaNetwork`; `.init`/`.apply` it, `.initial_state(B)` needs no params.
@@ -189,12 +200,14 @@ def make_network(network_config: config_lib.NetworkConfig, *,
       action_dim=action_dim,
       use_lstm=network_config.use_lstm,
       lstm_size=network_config.lstm_size,
-      mlp_hidden_sizes=tuple(network_config.mlp_hidden_sizes))
+      mlp_hidden_sizes=tuple(network_config.mlp_hidden_sizes),
+      num_tasks=num_tasks)
 
 
-def network_for_spec(network_config: config_lib.NetworkConfig, spec) -> ImpalaNetwork:
+def network_for_spec(network_config: config_lib.NetworkConfig, spec, *,
+                     num_tasks: Optional[int] = None) -> ImpalaNetwork:
   """The network for an environment's `envs.EnvSpec`: a categorical head for discrete actions,
-  a diagonal-Gaussian one for continuous actions.
+  a diagonal-Gaussian one for continuous actions; `num_tasks` as `make_network`'s.
 
   Raises:
     ValueError: an image torso ("shallow", "nature", "deep") for observations that are not
@@ -202,8 +215,33 @@ def network_for_spec(network_config: config_lib.NetworkConfig, spec) -> ImpalaNe
   """
   check_observations(network_config.torso, spec.observation_shape)
   if spec.discrete:
-    return make_network(network_config, num_actions=spec.num_actions)
-  return make_network(network_config, action_dim=spec.action_dim)
+    return make_network(network_config, num_actions=spec.num_actions, num_tasks=num_tasks)
+  return make_network(network_config, action_dim=spec.action_dim, num_tasks=num_tasks)
+
+
+# Where the value head's linear layer lives in the network's variables: "value" is the head's
+# name in `ImpalaNetwork`, "Dense_0" its layer's (`heads.ValueHead`).
+_VALUE_LINEAR = ("params", "value", "Dense_0")
+
+
+def value_linear(variables: Mapping[str, Any]) -> Mapping[str, Any]:
+  """The value head's linear layer in `ImpalaNetwork`'s variables: `kernel` `[F, K]`, `bias`
+  `[K]` (what PopArt rescales, `rl.popart.pop`)."""
+  for name in _VALUE_LINEAR:
+    variables = variables[name]
+  return variables
+
+
+def with_value_linear(variables: Mapping[str, Any],
+                      linear: Mapping[str, Any]) -> Dict[str, Any]:
+  """`variables` with the value head's linear layer replaced by `linear`; the rest shared."""
+
+  def replace(tree, path):
+    if not path:
+      return dict(linear)
+    return {**tree, path[0]: replace(tree[path[0]], path[1:])}
+
+  return replace(variables, _VALUE_LINEAR)
 
 
 # The smallest images the 'VALID' convolutions of each torso can take: shallow (8×8/4, 4×4/2)

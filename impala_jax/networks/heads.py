@@ -1,5 +1,7 @@
 """Heads: features `[..., F]` to a policy distribution or a value."""
 
+from typing import Optional
+
 from flax import linen as nn
 import jax
 import jax.numpy as jnp
@@ -38,8 +40,16 @@ class DiagGaussianHead(nn.Module):
 
 
 class ValueHead(nn.Module):
-  """The baseline V(x): `[..., F]` → `[...]` float32."""
+  """The baseline V(x): `[..., F]` → `[...]` float32; with `num_tasks`, one output per task,
+  `[..., num_tasks]` (PopArt's normalised values n(x), `rl.popart`).
+
+  Either way the outputs come from one linear layer, `Dense_0` (kernel `[F, num_tasks or 1]`):
+  PopArt rescales it (`agent.value_linear`), and one task's parameters are a plain head's.
+  """
+
+  num_tasks: Optional[int] = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    return jnp.squeeze(nn.Dense(1, kernel_init=initializers.VALUE_INIT)(x), axis=-1)
+    outputs = nn.Dense(self.num_tasks or 1, kernel_init=initializers.VALUE_INIT)(x)
+    return jnp.squeeze(outputs, axis=-1) if self.num_tasks is None else outputs

@@ -44,6 +44,12 @@ per-step terms at s are then dropped from every sum by the mask. The ablation's 
 make the same cut from the same −inf: "none" and "epsilon" are V-trace with ρ = c = 1 at real
 steps and 0 at masked ones, and "is_1step" sets v_s = V(x_s) and A_s = 0 at masked steps and
 bootstraps step s−1 from V(x_s) (`rl.corrections`).
+
+With PopArt (`rl.popart`) both objectives take the unnormalised values V = σ n + μ, on which
+the correction runs, and `value_scale`, σ of each step's task: the baseline and the advantages
+are then measured in units of σ, ½ ((v_s − V(x_s))/σ)² = ½ ((v_s − μ)/σ − n(x_s))² and A_s/σ
+(Hessel et al. 2019, §3). The loss terms are then in σ units; value_mean, vs_mean and
+pg_advantage_mean stay in the game's.
 """
 
 import dataclasses
@@ -181,12 +187,23 @@ def _loss_and_metrics(policy_loss, baseline, entropy_term, settings: ImpalaSetti
   return loss, metrics
 
 
+def _in_value_units(values: Array, targets, value_scale: Optional[Array]):
+  """(V, v_s, A_s), or with PopArt's σ (`value_scale` `[T, B]`) (V/σ, v_s/σ, A_s/σ): the
+  baseline's and the policy gradient's inputs (module docstring). σ is held constant."""
+  if value_scale is None:
+    return values, targets.vs, targets.pg_advantages
+  chex.assert_equal_shape([value_scale, values])
+  scale = jax.lax.stop_gradient(value_scale)
+  return values / scale, targets.vs / scale, targets.pg_advantages / scale
+
+
 def impala_loss(
     policy: distributions.Distribution,
     values: Array,
     bootstrap_value: Array,
     transitions: types.Transitions,
     settings: ImpalaSettings = ImpalaSettings(),
+    value_scale: Optional[Array] = None,
 ) -> Tuple[Array, Dict[str, Array]]:
   """The IMPALA loss (paper §4.2) on a time-major batch of unrolls.
 
@@ -202,6 +219,7 @@ def impala_loss(
       nothing and cut the trace (module docstring).
     settings: the loss weights, V-trace's ρ̄, c̄, ρ̄_pg and λ, the reduction and the
       off-policy correction; the paper's by default.
+    value_scale: PopArt's `[T, B]` σ of each step's task, or None (module docstring).
 
   Returns:
     (loss, metrics): the scalar loss to minimise and a dict of scalar metrics: loss,
@@ -226,9 +244,10 @@ def impala_loss(
       clip_pg_rho_threshold=settings.clip_pg_rho_threshold, lambda_=settings.lambda_,
       correction=settings.correction)
   entropy = policy.entropy()  # [T, B]
+  baseline_values, baseline_targets, advantages = _in_value_units(values, targets, value_scale)
   return _loss_and_metrics(
-      losses.policy_gradient_loss(pg_log_probs, targets.pg_advantages, mask, reduction),
-      losses.baseline_loss(values, targets.vs, mask, reduction),
+      losses.policy_gradient_loss(pg_log_probs, advantages, mask, reduction),
+      losses.baseline_loss(baseline_values, baseline_targets, mask, reduction),
       losses.entropy_loss(entropy, mask, reduction),
       settings, entropy=entropy, values=values, targets=targets, log_rhos=log_rhos, mask=mask)
 
@@ -240,6 +259,7 @@ def appo_loss(
     transitions: types.Transitions,
     settings: AppoSettings = AppoSettings(),
     proximal_log_probs: Optional[Array] = None,
+    value_scale: Optional[Array] = None,
 ) -> Tuple[Array, Dict[str, Array]]:
   """APPO: the PPO clipped surrogate on V-trace advantages (module docstring).
 
@@ -248,6 +268,7 @@ def appo_loss(
     proximal_log_probs: `[T, B]` log π_prox(a_t|x_t) from the parameters at the start of the
       update, or None. Given, r = π/π_prox and V-trace weighs by π_prox/μ (decoupled PPO,
       module docstring); None: r = π/μ and V-trace weighs by π/μ (Sample Factory).
+    value_scale: PopArt's `[T, B]` σ of each step's task, or None (module docstring).
 
   Returns:
     (loss, metrics): `impala_loss`'s metrics plus `clip_fraction` (real steps whose ratio
@@ -269,7 +290,7 @@ def appo_loss(
       clip_c_threshold=settings.clip_c_threshold,
       clip_pg_rho_threshold=settings.clip_pg_rho_threshold, lambda_=settings.lambda_,
       correction=settings.correction)  # "vtrace": `AppoSettings` takes no other.
-  advantages = targets.pg_advantages
+  baseline_values, baseline_targets, advantages = _in_value_units(values, targets, value_scale)
   if settings.normalize_advantages:
     advantages = losses.standardize(advantages, mask)
   entropy = policy.entropy()
@@ -283,7 +304,7 @@ def appo_loss(
   return _loss_and_metrics(
       losses.clipped_surrogate_loss(log_probs, reference_log_probs, advantages, mask,
                                     settings.clip_epsilon, reduction),
-      losses.baseline_loss(values, targets.vs, mask, reduction),
+      losses.baseline_loss(baseline_values, baseline_targets, mask, reduction),
       losses.entropy_loss(entropy, mask, reduction),
       settings, entropy=entropy, values=values, targets=targets, log_rhos=log_rhos, mask=mask,
       extra=extra)

@@ -1,8 +1,9 @@
 """Save and restore the whole training state with Orbax.
 
 A checkpoint is one numbered directory (the learner update count) holding the `TrainState`
-pytree (parameters, optimizer state, update counter) and a JSON record of the rest (environment
-steps consumed, the RNG seed stream position, the run's configuration). Orbax writes into a
+pytree (parameters, optimizer state, update counter, and PopArt's statistics when it is on; see
+`learning.update.checkpoint_fields`) and a JSON record of the rest (environment steps consumed,
+the RNG seed stream position, the run's configuration). Orbax writes into a
 temporary directory and renames it when complete, so a run killed mid-save never leaves a
 half-written checkpoint behind; older checkpoints are pruned to `max_to_keep`.
 """
@@ -14,6 +15,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from absl import logging
 import jax
 import orbax.checkpoint as ocp
+
+from impala_jax.learning import update as update_lib
 
 
 class Checkpointer:
@@ -42,28 +45,44 @@ class Checkpointer:
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
 
-  def save(self, step: int, state: Any, metadata: Dict[str, Any]) -> None:
-    """Writes `state` (a pytree of host or device arrays) and JSON-able `metadata`."""
+  def save(self, step: int, state: update_lib.TrainState, metadata: Dict[str, Any]) -> None:
+    """Writes `state` (host or device arrays; its fields that are not None) and JSON-able
+    `metadata`."""
     if step in self._manager.all_steps():
       return  # Nothing new since the last save (e.g. an interval save just before exit).
     self._manager.save(
         step,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                metadata=ocp.args.JsonSave(metadata)),
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(update_lib.checkpoint_fields(state)),
+            metadata=ocp.args.JsonSave(metadata)),
         force=True)
     self._manager.wait_until_finished()
 
-  def restore(self, template: Any, step: Optional[int] = None) -> Tuple[Any, Dict[str, Any]]:
-    """Restores the checkpoint `step` (default: latest) into the structure of `template`."""
+  def restore(self, template: update_lib.TrainState,
+              step: Optional[int] = None) -> Tuple[update_lib.TrainState, Dict[str, Any]]:
+    """Restores the checkpoint `step` (default: latest) into the structure of `template`.
+
+    Raises:
+      FileNotFoundError: no checkpoint.
+      ValueError: a checkpoint that does not fit `template` (another network, or PopArt's
+        statistics in one and not the other), naming both.
+    """
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"No checkpoint to resume from in {self._directory}.")
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-    restored = self._manager.restore(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                metadata=ocp.args.JsonRestore()))
-    return restored["state"], dict(restored["metadata"])
+    fields = update_lib.checkpoint_fields(template)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, fields)
+    try:
+      restored = self._manager.restore(
+          step,
+          args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                  metadata=ocp.args.JsonRestore()))
+    except ValueError as e:
+      raise ValueError(
+          f"Checkpoint {step} in {self._directory} does not fit this run's state, which holds "
+          f"{', '.join(fields)} (`popart` only with --popart; resume with the run's own "
+          f"network and PopArt settings): {e}") from e
+    return template._replace(**restored["state"]), dict(restored["metadata"])
 
   def close(self) -> None:
     self._manager.close()

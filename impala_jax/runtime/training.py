@@ -64,7 +64,7 @@ def make_learner(network: Any, params: Any,
       network.apply, params,
       optimizers.make_optimizer(config.optimizer, config.anneal_optimizer_steps), config.loss,
       num_epochs=config.num_epochs, num_minibatches=config.num_minibatches, seed=config.seed,
-      unroll_steps=network.convolutional)
+      unroll_steps=network.convolutional, popart=config.popart)
 
 
 class TrainingRun:
@@ -93,7 +93,8 @@ class TrainingRun:
       self._store = trajectory_store.RedisStore(config.trajectory_store)
       self._store.check()
     self._spec = envs.env_spec(config.env)
-    self._network = networks.network_for_spec(config.network, self._spec)
+    self._network = networks.network_for_spec(config.network, self._spec,
+                                              num_tasks=config.popart.network_tasks)
     # Only the environment knows its actions; the loss would refuse once traced, mid-run.
     corrections.check_action_space(config.loss.correction, self._spec.discrete)
     checkpoint_dir = os.path.join(config.logdir, "checkpoints")

@@ -99,7 +99,7 @@ def test_each_flags_default_is_its_fields_unless_the_script_chose_one(atari):
 def test_no_flags_give_the_configs_defaults(atari):
   defaults = dataclasses.asdict(config_lib.TrainConfig())
   parsed = atari["config"]
-  for section in ("loss", "optimizer", "network", "value_limits"):
+  for section in ("loss", "optimizer", "network", "popart", "value_limits"):
     assert parsed[section] == json.loads(json.dumps(defaults[section], default=str)), section
   assert parsed["remote_envs"] is None and parsed["trajectory_store"] is None
   assert parsed["batch_size"] == defaults["batch_size"]

@@ -374,6 +374,7 @@ def test_torso_runs_outside_the_time_scan():
     ({"torso": "mlp", "action_dim": 0}, "action_dim must be >= 1"),
     ({"torso": "mlp", "num_actions": 2, "use_lstm": True, "lstm_size": 0}, "lstm_size"),
     ({"torso": "mlp", "num_actions": 2, "mlp_hidden_sizes": ()}, "mlp_hidden_sizes"),
+    ({"torso": "mlp", "num_actions": 2, "num_tasks": 0}, "num_tasks must be >= 1 or None"),
 ])
 def test_invalid_network_raises(kwargs, message):
   with pytest.raises(ValueError, match=message):
@@ -390,6 +391,31 @@ def test_make_network():
     networks.make_network(network_config)
   with pytest.raises(ValueError, match="exactly one of num_actions"):
     networks.make_network(network_config, num_actions=2, action_dim=3)
+
+
+@pytest.mark.parametrize("torso", ["shallow", "mlp"])
+def test_popart_value_head_has_one_output_per_task(torso):
+  """PopArt's head: `[T, B, K]` values from one `[F, K]` linear layer; with one task its
+  parameters are the plain head's, shape for shape and (same seed) value for value."""
+  observation, first = _observation(torso, T, B), np.zeros((T, B), bool)
+  plain = networks.ImpalaNetwork(torso=torso, num_actions=NUM_ACTIONS)
+  per_task = networks.ImpalaNetwork(torso=torso, num_actions=NUM_ACTIONS, num_tasks=3)
+  params = per_task.init(jax.random.PRNGKey(0), observation, first, ())
+  output, _ = per_task.apply(params, observation, first, ())
+  chex.assert_shape(output.value, (T, B, 3))
+  linear = networks.value_linear(params)
+  assert linear["kernel"].shape[-1] == 3 and linear["bias"].shape == (3,)
+  # Every output is that layer's: scaling it scales the values.
+  doubled = networks.with_value_linear(params, jax.tree.map(lambda x: 2 * x, linear))
+  np.testing.assert_allclose(per_task.apply(doubled, observation, first, ())[0].value,
+                             2 * output.value, rtol=1e-5, atol=1e-6)
+  one_task = networks.ImpalaNetwork(torso=torso, num_actions=NUM_ACTIONS, num_tasks=1)
+  plain_params = plain.init(jax.random.PRNGKey(0), observation, first, ())
+  one_params = one_task.init(jax.random.PRNGKey(0), observation, first, ())
+  chex.assert_trees_all_equal(one_params, plain_params)
+  plain_value = plain.apply(plain_params, observation, first, ())[0].value
+  np.testing.assert_array_equal(one_task.apply(one_params, observation, first, ())[0].value,
+                                plain_value[..., None])
 
 
 def test_wrong_core_state_or_observation_raises():

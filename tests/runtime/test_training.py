@@ -8,12 +8,19 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from impala_jax import config as config_lib
+from impala_jax import envs
+from impala_jax import learning
+from impala_jax import networks
+from impala_jax.evaluation import policy as policy_lib
+from impala_jax.runtime import checkpoint as checkpoint_lib
 from impala_jax.runtime import training as runtime
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -74,6 +81,93 @@ def test_short_pong_run_writes_metrics_and_checkpoint_and_resumes(tmp_path):
   with open(os.path.join(config.logdir, "episodes.csv"), newline="") as f:
     assert all(int(r["env_steps"]) <= resumed.env_steps for r in csv.DictReader(f))
   assert _no_stray_threads()[0]
+
+
+def _cartpole_popart_config(logdir, **kwargs):
+  settings = dict(
+      env=config_lib.EnvConfig("CartPole-v1", num_envs=8, seed=1),
+      network=config_lib.NetworkConfig("mlp", mlp_hidden_sizes=(32,)),
+      popart=config_lib.PopArtConfig(enabled=True, step_size=1e-3),
+      num_actor_threads=1, unroll_length=10, batch_size=8, logdir=str(logdir),
+      log_interval_seconds=0.5)
+  return config_lib.TrainConfig(**{**settings, **kwargs})
+
+
+def test_popart_statistics_are_checkpointed_and_restored_on_resume(tmp_path, monkeypatch):
+  config = _cartpole_popart_config(tmp_path / "popart", total_env_steps=800)
+  summary = runtime.train(config, show_progress=False)
+  assert summary.updates == 10
+  rows = read_metrics(config.logdir)
+  assert all(np.isfinite(float(r["popart_scale"])) for r in rows)
+
+  # The checkpoint holds the statistics, moved from their start (μ = 0, σ = 1).
+  learner = runtime.make_learner(*_network_and_params(config), config)
+  checkpointer = checkpoint_lib.Checkpointer(os.path.join(config.logdir, "checkpoints"))
+  saved, _ = checkpointer.restore(learner.state())
+  checkpointer.close()
+  assert saved.popart.shift[0] > 1.0 and saved.popart.scale[0] != 1.0
+
+  # --resume puts them back into the learner, as they were saved.
+  restored = []
+  original_restore = learning.Learner.restore
+  monkeypatch.setattr(learning.Learner, "restore",
+                      lambda self, state: (restored.append(state), original_restore(self, state)))
+  resumed = runtime.train(dataclasses.replace(config, resume=True, total_env_steps=1_600),
+                          show_progress=False)
+  assert resumed.updates == 20
+  for name in ("shift", "scale", "second_moment"):
+    np.testing.assert_array_equal(getattr(restored[0].popart, name),
+                                  getattr(saved.popart, name))
+  # Evaluation rebuilds the per-task value head and restores around the statistics.
+  policy = policy_lib.load_policy(config.logdir)
+  assert policy.step == 20 and policy.network.num_tasks == 1
+
+
+def _network_and_params(config):
+  spec = envs.env_spec(config.env)
+  network = networks.network_for_spec(config.network, spec,
+                                      num_tasks=config.popart.network_tasks)
+  return network, networks.init_params(network, spec, config.seed)
+
+
+class _TrainStateBeforePopArt(NamedTuple):
+  """`learning.TrainState` as checkpoints before PopArt wrote it."""
+
+  params: Any
+  opt_state: Any
+  update_step: Any
+
+
+def test_checkpoints_without_popart_keep_their_layout_and_mismatches_are_named(tmp_path):
+  """A run without PopArt writes and reads what runs before PopArt did; a checkpoint with
+  statistics and a run without them (or the reverse) fail, naming PopArt."""
+  plain = _cartpole_popart_config(tmp_path, total_env_steps=800,
+                                  popart=config_lib.PopArtConfig())
+  with_popart = _cartpole_popart_config(tmp_path, total_env_steps=800)
+  plain_state = runtime.make_learner(*_network_and_params(plain), plain).state()
+  popart_state = runtime.make_learner(*_network_and_params(with_popart), with_popart).state()
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path / "checkpoints"))
+  # Written as before PopArt: the same three fields, by name.
+  old = _TrainStateBeforePopArt(*plain_state[:3])
+  checkpointer._manager.save(  # pylint: disable=protected-access
+      1, args=ocp.args.Composite(state=ocp.args.StandardSave(old),
+                                 metadata=ocp.args.JsonSave({"env_steps": 80})))
+  checkpointer._manager.wait_until_finished()  # pylint: disable=protected-access
+  restored, metadata = checkpointer.restore(plain_state, step=1)
+  assert restored.popart is None and metadata["env_steps"] == 80
+  jax.tree.map(np.testing.assert_array_equal, restored.params, plain_state.params)
+  with pytest.raises(ValueError, match="holds params, opt_state, update_step, popart"):
+    checkpointer.restore(popart_state, step=1)
+  # A run with PopArt: its statistics round-trip; a run without them cannot read it.
+  moved = popart_state._replace(popart=popart_state.popart._replace(
+      shift=np.array([2.5], np.float32), scale=np.array([4.0], np.float32)))
+  checkpointer.save(2, moved, {"env_steps": 160})
+  restored, _ = checkpointer.restore(popart_state, step=2)
+  np.testing.assert_array_equal(restored.popart.shift, [2.5])
+  np.testing.assert_array_equal(restored.popart.scale, [4.0])
+  with pytest.raises(ValueError, match=r"holds params, opt_state, update_step \(`popart` only"):
+    checkpointer.restore(plain_state, step=2)
+  checkpointer.close()
 
 
 def test_refuses_to_overwrite_a_run_without_resume(tmp_path):
