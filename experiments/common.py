@@ -62,6 +62,9 @@ def _define_env_flags(d: _Defaults) -> None:
   flags.DEFINE_string("env", d(_ENV, "env_id"), "EnvPool task id, e.g. Pong-v5, CartPole-v1, "
                       "HalfCheetah-v4; or module.path:factory for your own gymnasium/dm_env "
                       "environment (docs/custom_envs.md).")
+  flags.DEFINE_bool("reward_clip", d(_ENV, "reward_clip"), "Atari: train on sign(reward) "
+                    "(the paper's); --noreward_clip trains on the game's own rewards. Scores "
+                    "are always the game's own.")
   flags.DEFINE_integer("num_envs", d(_ENV, "num_envs"), "Environments per actor thread.")
   flags.DEFINE_integer("env_batch_size", d(_ENV, "batch_size"),
                        "Environments per EnvPool recv(); unset: num_envs (all of them). "
