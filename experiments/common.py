@@ -61,7 +61,9 @@ _MULTI = config_lib.MultiHostConfig
 def _define_env_flags(d: _Defaults) -> None:
   flags.DEFINE_string("env", d(_ENV, "env_id"), "EnvPool task id, e.g. Pong-v5, CartPole-v1, "
                       "HalfCheetah-v4; or module.path:factory for your own gymnasium/dm_env "
-                      "environment (docs/custom_envs.md).")
+                      "environment (docs/custom_envs.md); or several Atari games, "
+                      "Pong-v5,Breakout-v5: one network learns them all (multi-task, full "
+                      "action space; thread k plays game k mod the number of games).")
   flags.DEFINE_bool("reward_clip", d(_ENV, "reward_clip"), "Atari: train on sign(reward) "
                     "(the paper's); --noreward_clip trains on the game's own rewards. Scores "
                     "are always the game's own.")

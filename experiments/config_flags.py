@@ -81,7 +81,9 @@ NOT_FLAGS: Dict[type, Dict[str, str]] = {
     config_lib.EnvConfig: dict(
         episodic_life=_ATARI_PROTOCOL, noop_max=_ATARI_PROTOCOL,
         stack_num=_ATARI_PROTOCOL, frame_skip=_ATARI_PROTOCOL,
-        repeat_action_probability=_ATARI_PROTOCOL),
+        repeat_action_probability=_ATARI_PROTOCOL,
+        full_action_space=("set for every game of a multi-task run (EnvConfig.task_config), "
+                           "from --env's list of games")),
     config_lib.TrainConfig: dict(
         env=_NESTED, network=_NESTED, loss=_NESTED, optimizer=_NESTED,
         value_limits=_NESTED,
