@@ -45,7 +45,8 @@ def learner_inputs(unroll: types.Unroll, discount: float) -> types.Transitions:
   Step t leads from x_t to x_{t+1}: its reward and termination arrive with x_{t+1}. When x_t
   itself ended an episode (terminated or truncated) EnvPool ignores a_t and resets, so step t
   is masked. A truncated x_{t+1} keeps γ_t = γ: the step before a time limit still bootstraps
-  from V(x_{t+1}). See `types.py` for both layouts.
+  from V(x_{t+1}). Step t's task is the unroll's (zeros in a run of one task). See `types.py`
+  for both layouts.
   """
   done = jnp.logical_or(unroll.terminated, unroll.truncated)
   return types.Transitions(
@@ -53,7 +54,8 @@ def learner_inputs(unroll: types.Unroll, discount: float) -> types.Transitions:
       behaviour_log_probs=unroll.behaviour_log_prob[:-1],
       rewards=unroll.reward[1:],
       discounts=discount * (1.0 - unroll.terminated[1:].astype(jnp.float32)),
-      mask=1.0 - done[:-1].astype(jnp.float32))
+      mask=1.0 - done[:-1].astype(jnp.float32),
+      task=unroll.task[:-1])
 
 
 _OBJECTIVES = {"impala": objectives.impala_loss, "appo": objectives.appo_loss}

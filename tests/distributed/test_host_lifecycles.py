@@ -160,7 +160,8 @@ def _push_bad_blobs(redis_server):
                         truncated=np.zeros((n, 1), bool), first=np.zeros((n, 1), bool),
                         action=np.full((n, 1), 5, np.int32),  # CartPole has 2 actions.
                         behaviour_log_prob=np.zeros((n, 1), np.float32),
-                        policy_version=np.zeros((n, 1), np.int32), core_state=())
+                        policy_version=np.zeros((n, 1), np.int32),
+                        task=np.zeros((n, 1), np.int32), core_state=())
   schema = codecs.unroll_schema(SPEC, 10, ())
   store.push_unrolls([codecs.encode_unroll(unroll, schema, host_id=0xBAD)] * 3)
   store.push_episodes(codecs.encode_episodes([types.EpisodeStats(1e9, 1)], host_id=0xBAD))

@@ -195,6 +195,12 @@ def test_every_game_is_checked_to_be_an_envpool_atari_game():
       "Pong-v5,Breakout-v5.")
 
 
+def test_a_trackers_episodes_carry_its_task():
+  tracker = envs.EpisodeTracker(num_envs=2, family=envs.EnvFamily.ENVPOOL, task=3)
+  assert _update(tracker, [0, 1], [1.0, 2.0], [1, 0], [0, 0], _info([4, 4])) == [
+      EpisodeStats(1.0, 4, task=3)]
+
+
 # ------------------------------------------------------------------------------------------
 # Atari semantics: clipped reward, life loss, info["terminated"].
 
