@@ -159,7 +159,9 @@ def _define_run_flags(d: _Defaults) -> None:
                      "checkpoint) once the mean real return of the last 20 games reaches "
                      "this: of the local actors' games, or of each of two remote hosts' "
                      "confirmed by 20 games the learner plays itself (one host's alone never "
-                     "counts); unset: run to --total_env_steps.")
+                     "counts); several games: once the median over the games of each one's "
+                     "human-normalised score (its last 20 games) reaches this; unset: run to "
+                     "--total_env_steps.")
   flags.DEFINE_integer("seed", d(_TRAIN, "seed"), "Seeds parameters, action sampling and "
                        "environments.")
   flags.DEFINE_string("logdir", d(_TRAIN, "logdir"), "Run directory: metrics.csv, "

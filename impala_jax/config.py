@@ -315,6 +315,8 @@ class TrainConfig:
       finished, `runtime.telemetry.RECENT_EPISODES`, judged at each metrics row) reaches
       this: the local actors' score, or each of two remote hosts' confirmed by the learner's
       own games (`runtime.scores`, `runtime.score_check`); None: run to total_env_steps.
+      A multi-task run compares the median over its games of each game's human-normalised
+      score (its last 20 games) with it, once every game has 20 (`runtime.telemetry`).
     seed: seeds parameters, action sampling and the environments.
     logdir: run directory (metrics.csv, TensorBoard events, checkpoints/).
     resume: continue from the latest checkpoint in `logdir`.

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from impala_jax import config as config_lib
+from impala_jax import learning as learner_lib
 from impala_jax.runtime import training as runtime
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -73,6 +74,50 @@ def test_short_pong_run_writes_metrics_and_checkpoint_and_resumes(tmp_path):
   assert wall == sorted(wall) and wall[-1] < 999999.0
   with open(os.path.join(config.logdir, "episodes.csv"), newline="") as f:
     assert all(int(r["env_steps"]) <= resumed.env_steps for r in csv.DictReader(f))
+  assert _no_stray_threads()[0]
+
+
+def test_two_games_train_in_one_run_with_a_task_per_column_and_scores_per_game(
+    tmp_path, monkeypatch):
+  """Pong and Breakout in one run: every batch column carries its game's task id (told apart
+  by the frames themselves: Pong's are far brighter), and each game has its own scores."""
+  seen = []
+  transfer = learner_lib.Learner.transfer
+
+  def recording_transfer(self, batch):
+    brightness = batch.observation.mean(axis=(0, 2, 3, 4))  # [B]
+    seen.append((np.array(batch.task), brightness,
+                 learner_lib.learner_inputs(batch, 0.99).task.shape))
+    return transfer(self, batch)
+
+  monkeypatch.setattr(learner_lib.Learner, "transfer", recording_transfer)
+  config = config_lib.TrainConfig(
+      env=config_lib.EnvConfig("Pong-v5,Breakout-v5", num_envs=4, seed=1, image_size=42,
+                               max_episode_steps=60),
+      network=config_lib.NetworkConfig("shallow"), num_actor_threads=2, unroll_length=20,
+      batch_size=8, queue_capacity=16, total_env_steps=4_000, logdir=str(tmp_path / "two"),
+      log_interval_seconds=0.5)
+  summary = runtime.train(config, show_progress=False)
+  assert summary.stop_reason == "completed"
+
+  assert seen
+  for task, brightness, transitions_shape in seen:
+    assert task.shape == (21, 8) and task.dtype == np.int32
+    assert (task == task[0]).all()  # Constant along time.
+    np.testing.assert_array_equal(task[0], np.where(brightness > 75, 0, 1))  # Pong is task 0.
+    assert transitions_shape == (20, 8)
+  assert {int(t) for task, _, _ in seen for t in task[0]} == {0, 1}
+
+  with open(os.path.join(config.logdir, "episodes.csv"), newline="") as f:
+    games = [r["game"] for r in csv.DictReader(f)]
+  assert set(games) == {"Pong-v5", "Breakout-v5"}
+  last = read_metrics(config.logdir)[-1]
+  for game in ("Pong-v5", "Breakout-v5"):
+    assert last[f"recent_episode_return/{game}"] != ""
+    assert last[f"recent_human_normalized_score/{game}"] != ""
+  hns = sorted(float(last[f"recent_human_normalized_score/{game}"])
+               for game in ("Pong-v5", "Breakout-v5"))
+  assert float(last["recent_human_normalized_score"]) == pytest.approx(np.median(hns))
   assert _no_stray_threads()[0]
 
 
@@ -163,6 +208,17 @@ def test_sigterm_during_a_run_exits_within_seconds_with_a_checkpoint(tmp_path):
      "--listen=0.0.0.0:0 is not a loopback address and has no TLS"),
     (["--objective=ppo"], "--objective=ppo: value should be one of <impala|appo>"),
     (["--num_minibatches=3"], "batch_size=32 is not divisible by num_minibatches=3"),
+    # Several games: each one an Atari game EnvPool knows, as many threads for each.
+    (["--env=Pong-v5,Breakoutt-v5", "--num_actor_threads=2"],
+     "Unknown EnvPool task 'Breakoutt-v5'. Did you mean: Breakout-v5"),
+    (["--env=Pong-v5,CartPole-v1", "--num_actor_threads=2"],
+     "A multi-task run takes Atari games only; 'CartPole-v1'"),
+    (["--env=Pong-v5,Breakout-v5", "--num_actor_threads=3"],
+     "num_actor_threads=3 does not split over the 2 games of --env=Pong-v5,Breakout-v5"),
+    (["--env=Pong-v5,Breakout-v5", "--num_actor_threads=2", "--listen=127.0.0.1:0"],
+     "--listen is not supported with several games yet"),
+    (["--env=Pong-v5,Tetris-v5", "--num_actor_threads=2", "--stop_at_score=1"],
+     "Tetris-v5 has no reference scores"),
 ])
 def test_bad_input_exits_nonzero_with_a_clear_message(tmp_path, args, message):
   cmd = [sys.executable, os.path.join(REPO, "experiments", "atari.py"),
