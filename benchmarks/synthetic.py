@@ -79,6 +79,7 @@ def random_unrolls(spec: envs.EnvSpec, network, batch_size: int, unroll_length: 
         action=action,
         behaviour_log_prob=log_prob,
         policy_version=np.zeros((n, 1), np.int32),
+        task=np.zeros((n, 1), np.int32),
         core_state=core_state))
   return unrolls
 

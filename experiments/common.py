@@ -62,7 +62,12 @@ _MULTI, _POPART = config_lib.MultiHostConfig, config_lib.PopArtConfig
 def _define_env_flags(d: _Defaults) -> None:
   flags.DEFINE_string("env", d(_ENV, "env_id"), "EnvPool task id, e.g. Pong-v5, CartPole-v1, "
                       "HalfCheetah-v4; or module.path:factory for your own gymnasium/dm_env "
-                      "environment (docs/custom_envs.md).")
+                      "environment (docs/custom_envs.md); or several Atari games, "
+                      "Pong-v5,Breakout-v5: one network learns them all (multi-task, full "
+                      "action space; thread k plays game k mod the number of games).")
+  flags.DEFINE_bool("reward_clip", d(_ENV, "reward_clip"), "Atari: train on sign(reward) "
+                    "(the paper's); --noreward_clip trains on the game's own rewards. Scores "
+                    "are always the game's own.")
   flags.DEFINE_integer("num_envs", d(_ENV, "num_envs"), "Environments per actor thread.")
   flags.DEFINE_integer("env_batch_size", d(_ENV, "batch_size"),
                        "Environments per EnvPool recv(); unset: num_envs (all of them). "
@@ -170,7 +175,9 @@ def _define_run_flags(d: _Defaults) -> None:
                      "checkpoint) once the mean real return of the last 20 games reaches "
                      "this: of the local actors' games, or of each of two remote hosts' "
                      "confirmed by 20 games the learner plays itself (one host's alone never "
-                     "counts); unset: run to --total_env_steps.")
+                     "counts); several games: once the median over the games of each one's "
+                     "human-normalised score (its last 20 games) reaches this; unset: run to "
+                     "--total_env_steps.")
   flags.DEFINE_integer("seed", d(_TRAIN, "seed"), "Seeds parameters, action sampling and "
                        "environments.")
   flags.DEFINE_string("logdir", d(_TRAIN, "logdir"), "Run directory: metrics.csv, "
@@ -311,10 +318,11 @@ def config_from_flags_without_store() -> config_lib.TrainConfig:
 
 def config_from_flags() -> config_lib.TrainConfig:
   """Builds the frozen config; invalid values raise ValueError naming the flag to change."""
+  env = env_config_from_flags()
   return config_flags.build(
-      _TRAIN, env=env_config_from_flags(), network=config_flags.build(_NET),
+      _TRAIN, env=env, network=config_flags.build(_NET),
       loss=config_flags.build(_LOSS), optimizer=config_flags.build(_OPT),
-      popart=config_flags.build(_POPART),
+      popart=config_flags.build(_POPART, num_tasks=env.num_tasks),
       value_limits=config_flags.build(_LIMITS), remote_envs=remote_config_from_flags(),
       trajectory_store=store_config_from_flags(), multihost=multihost_config_from_flags())
 

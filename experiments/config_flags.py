@@ -23,7 +23,7 @@ FIELD_FLAGS: Dict[type, Dict[str, str]] = {
     config_lib.EnvConfig: dict(
         env_id="env", num_envs="num_envs", batch_size="env_batch_size",
         num_threads="env_threads", seed="seed", max_episode_steps="max_episode_steps",
-        image_size="image_size"),
+        image_size="image_size", reward_clip="reward_clip"),
     config_lib.NetworkConfig: dict(
         torso="network", use_lstm="use_lstm", lstm_size="lstm_size",
         mlp_hidden_sizes="mlp_hidden_sizes"),
@@ -83,12 +83,13 @@ _ATARI_PROTOCOL = ("the paper's Atari protocol (Table G.1); evaluation sets its 
 _NESTED = "a config of its own, built from its own flags"
 NOT_FLAGS: Dict[type, Dict[str, str]] = {
     config_lib.EnvConfig: dict(
-        episodic_life=_ATARI_PROTOCOL, reward_clip=_ATARI_PROTOCOL, noop_max=_ATARI_PROTOCOL,
+        episodic_life=_ATARI_PROTOCOL, noop_max=_ATARI_PROTOCOL,
         stack_num=_ATARI_PROTOCOL, frame_skip=_ATARI_PROTOCOL,
-        repeat_action_probability=_ATARI_PROTOCOL),
+        repeat_action_probability=_ATARI_PROTOCOL,
+        full_action_space=("set for every game of a multi-task run (EnvConfig.task_config), "
+                           "from --env's list of games")),
     config_lib.PopArtConfig: dict(
-        num_tasks="one task (every environment is task 0) until environments carry task ids "
-        "(docs/architecture.md)"),
+        num_tasks="the number of games in --env (common.config_from_flags)"),
     config_lib.TrainConfig: dict(
         env=_NESTED, network=_NESTED, loss=_NESTED, optimizer=_NESTED, popart=_NESTED,
         value_limits=_NESTED,

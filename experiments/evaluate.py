@@ -11,6 +11,11 @@ frame stack, action repeat and frame size of training. Prints and writes
 `<logdir>/evaluation_<checkpoint>.json`: the real scores (mean, median, min, max) and, on the
 Atari-57 games, human-normalised scores.
 
+A multi-task run (`--env=Pong-v5,Breakout-v5`) plays --episodes games of each of its games, in
+the full action space it was trained with, and reports each game's summary under `games` and
+the median over the games of their mean human-normalised score; --video and --frame_png record
+its first game.
+
 --video writes environment 0's first game as mp4 (H.264, plays in browsers) or gif, from
 EnvPool's RGB rendering (Atari: the 210×160 screen, upscaled by --video_scale); --frame_png
 writes its middle frame.
@@ -24,6 +29,7 @@ import json
 import os
 import sys
 import time
+from typing import Any, Dict, List, NamedTuple
 
 from absl import app
 from absl import flags
@@ -85,15 +91,16 @@ def video_fps(env_config, spec) -> float:
   return 30.0
 
 
-def _play(f, policy, env_config):
-  """Plays the games, feeding the video writer and the middle-frame picker when asked for."""
+def _play(f, policy, env_config, record: bool):
+  """Plays the games, feeding the video writer and the middle-frame picker when asked for
+  (and `record`: a multi-task run records its first game only)."""
   scale = f.video_scale or (2 if policy.spec.family is envs.EnvFamily.ATARI else 1)
   fps = video_fps(env_config, policy.spec)
   try:
-    writer = video_lib.VideoWriter(f.video, fps, scale) if f.video else None
+    writer = video_lib.VideoWriter(f.video, fps, scale) if f.video and record else None
   except ImportError as e:
     _fail(str(e))
-  middle = video_lib.MiddleFrame() if f.frame_png else None
+  middle = video_lib.MiddleFrame() if f.frame_png and record else None
 
   def on_frame(frame):
     if writer is not None:
@@ -110,24 +117,43 @@ def _play(f, policy, env_config):
   return result, video_frames
 
 
-def _report(f, policy, env_config, result, summary, video_frames, wall_seconds):
-  """The JSON summary written beside the run."""
+class _Game(NamedTuple):
+  """One game's evaluation: its config, what `play_episodes` returned, `summarize`'s summary."""
+  env_config: Any
+  result: episodes_lib.EvaluationResult
+  summary: Dict[str, Any]
+
+
+def _game_report(game: _Game) -> Dict[str, Any]:
+  return dict(
+      env_id=game.env_config.env_id,
+      num_episodes=len(game.result.episodes),
+      num_envs=game.env_config.num_envs,
+      env_settings=dataclasses.asdict(game.env_config),
+      **game.summary,
+      episodes=[e._asdict() for e in game.result.episodes],
+      agent_steps=game.result.agent_steps)
+
+
+def _report(f, policy, games: List[_Game], video_frames, wall_seconds):
+  """The JSON summary written beside the run: one game's report, or a multi-task run's median
+  over its games with each game's report under `games`."""
   atari = policy.spec.family is envs.EnvFamily.ATARI
-  frames_per_step = env_config.frame_skip if atari else 1
+  frames_per_step = games[0].env_config.frame_skip if atari else 1
+  if len(games) == 1:
+    body = _game_report(games[0])
+  else:
+    body = dict(env_id=policy.config.env.env_id,
+                **episodes_lib.summarize_games({g.env_config.env_id: g.summary for g in games}),
+                games={g.env_config.env_id: _game_report(g) for g in games})
   return dict(
       logdir=os.path.abspath(f.logdir),
       checkpoint=policy.step,
       env_steps=policy.env_steps,
       frames=None if policy.env_steps is None else policy.env_steps * frames_per_step,
-      env_id=env_config.env_id,
       greedy=f.greedy,
       seed=f.seed,
-      num_episodes=len(result.episodes),
-      num_envs=env_config.num_envs,
-      env_settings=dataclasses.asdict(env_config),
-      **summary,
-      episodes=[e._asdict() for e in result.episodes],
-      agent_steps=result.agent_steps,
+      **body,
       wall_seconds=wall_seconds,
       video=os.path.abspath(f.video) if f.video else None,
       video_frames=video_frames,
@@ -135,16 +161,23 @@ def _report(f, policy, env_config, result, summary, video_frames, wall_seconds):
   )
 
 
-def _print_summary(f, policy, env_id, num_games, summary, output, video_frames):
-  score = summary["score"]
+def _print_summary(f, policy, games: List[_Game], output, video_frames):
   steps = "" if policy.env_steps is None else f", {policy.env_steps:,} agent steps"
-  print(f"{env_id}, checkpoint {policy.step}{steps}: {num_games} games, "
-        f"{'greedy' if f.greedy else 'sampled'} actions, seed {f.seed}")
-  print(f"  score  mean {score['mean']:.2f}  median {score['median']:.2f}  "
-        f"min {score['min']:.2f}  max {score['max']:.2f}")
-  hns = summary["human_normalized_score"]
-  if hns is not None:
-    print(f"  human-normalised  mean {hns['mean']:.3f}  median {hns['median']:.3f}")
+  for game in games:
+    score = game.summary["score"]
+    print(f"{game.env_config.env_id}, checkpoint {policy.step}{steps}: "
+          f"{len(game.result.episodes)} games, {'greedy' if f.greedy else 'sampled'} actions, "
+          f"seed {f.seed}")
+    print(f"  score  mean {score['mean']:.2f}  median {score['median']:.2f}  "
+          f"min {score['min']:.2f}  max {score['max']:.2f}")
+    hns = game.summary["human_normalized_score"]
+    if hns is not None:
+      print(f"  human-normalised  mean {hns['mean']:.3f}  median {hns['median']:.3f}")
+  if len(games) > 1:
+    median = episodes_lib.summarize_games(
+        {g.env_config.env_id: g.summary for g in games})["median_human_normalized_score"]
+    if median is not None:
+      print(f"{len(games)} games: median human-normalised score {median:.3f}")
   print(f"wrote {output}")
   if f.video:
     print(f"wrote {f.video} ({video_frames} frames)")
@@ -164,18 +197,19 @@ def main(argv) -> None:
   except (FileNotFoundError, ValueError) as e:
     _fail(str(e))
   num_envs = min(f.num_envs or _DEFAULT_MAX_ENVS, f.episodes)
-  env_config = episodes_lib.evaluation_env_config(policy.config.env, num_envs=num_envs,
-                                                  seed=f.seed, noop_max=f.noop_max)
-  result, video_frames = _play(f, policy, env_config)
-  summary = episodes_lib.summarize(env_config.env_id,
-                                   [e.episode_return for e in result.episodes])
-  report = _report(f, policy, env_config, result, summary, video_frames,
-                   time.monotonic() - start)
+  games, video_frames = [], None
+  # Each game of a multi-task run in turn; --video and --frame_png record the first.
+  for task, env_config in enumerate(episodes_lib.task_configs(
+      policy.config.env, num_envs=num_envs, seed=f.seed, noop_max=f.noop_max)):
+    result, frames = _play(f, policy, env_config, record=task == 0)
+    video_frames = frames if task == 0 else video_frames
+    games.append(_Game(env_config, result, episodes_lib.summarize(
+        env_config.env_id, [e.episode_return for e in result.episodes])))
+  report = _report(f, policy, games, video_frames, time.monotonic() - start)
   output = f.output or os.path.join(f.logdir, f"evaluation_{policy.step}.json")
   with open(output, "w", encoding="utf-8") as out:
     json.dump(report, out, indent=2)
-  _print_summary(f, policy, env_config.env_id, len(result.episodes), summary, output,
-                 video_frames)
+  _print_summary(f, policy, games, output, video_frames)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,10 @@ name, skipping `seed_N` and game-named directories (`sweep/lr1e-3/seed_0` → `l
 (--band: min–max, or ± standard error), against frames and against wall time, over the range
 all its runs cover.
 
+A multi-task run (`--env=Pong-v5,Breakout-v5`) counts as one run per game: each game's curve
+is the score over its own games (episodes.csv's `game` column), under the run's label, so its
+games are plotted and aggregated as runs of single games are.
+
 With runs on two or more Atari-57 games, a second figure (`<output>_aggregate.png`) shows, per
 label, the IQM of human-normalised scores against frames, and the median, IQM and mean of the
 runs' final human-normalised scores, each with a 95% stratified-bootstrap interval
@@ -35,6 +39,7 @@ matplotlib.use("Agg")  # Headless: writes files, never opens a window.
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from impala_jax import config as config_lib
 from impala_jax.envs import atari_scores
 from impala_jax.evaluation import aggregate
 from impala_jax.runtime import metrics
@@ -134,20 +139,32 @@ def _continuous_wall(wall: np.ndarray) -> np.ndarray:
   return out
 
 
-def _columns(logdir: str, name: str) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
-  """(env_steps, wall_seconds, episode_return) of the rows of `name` that have a return."""
+def _columns(logdir: str, name: str, game: Optional[str] = None
+             ) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """(env_steps, wall_seconds, episode_return) of the rows of `name` that have a return (and
+  were played in `game`, unless None)."""
   rows = [r for r in metrics.read_csv(os.path.join(logdir, name))
-          if r.get("episode_return") is not None]
+          if r.get("episode_return") is not None and (game is None or r.get("game") == game)]
   if not rows:
     return None
   return tuple(np.array([r[c] for r in rows])
                for c in ("env_steps", "wall_seconds", "episode_return"))
 
 
-def load_curve(logdir: str, window: int
+def load_curve(logdir: str, window: int, game: Optional[str] = None
                ) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray, str]]:
-  """(env_steps, wall_seconds, score, source) of a run, one point per distinct env_steps."""
-  columns = _columns(logdir, "episodes.csv")
+  """(env_steps, wall_seconds, score, source) of a run, one point per distinct env_steps.
+
+  `game`: only the games of that env id (one game of a multi-task run), from episodes.csv.
+  """
+  columns = _columns(logdir, "episodes.csv", game)
+  if game is not None:
+    if columns is None:
+      return None
+    steps, wall, returns = columns
+    last = scores.row_ends(steps)
+    return (steps[last], _continuous_wall(wall)[last],
+            scores.rolling_means(returns, window)[last], "episodes.csv")
   if columns is not None:
     steps, wall, returns = columns
     # The score at each metrics row: after the last of the games written at it.
@@ -163,25 +180,27 @@ def load_curve(logdir: str, window: int
 
 def load_runs(entries: Sequence[Tuple[int, str]], labels: Sequence[str], window: int,
               frames_per_step: int) -> List[Run]:
+  """One `Run` per run directory, or per game of a multi-task run (module doc)."""
   runs = []
   for index, logdir in entries:
-    curve = load_curve(logdir, window)
-    if curve is None:
-      print(f"skipping {logdir}: no finished episodes in episodes.csv or metrics.csv",
-            file=sys.stderr)
-      continue
     config = read_config(logdir) or {}
     env = config.get("env", {})
-    env_id = env.get("env_id", "unknown task")
-    if frames_per_step:
-      per_step = frames_per_step
-    elif env:
-      per_step = env.get("frame_skip", 4) if atari_scores.game_name(env_id) else 1
-    else:
-      per_step = 4  # The old script's assumption for runs without a config.json (Atari).
-    steps, wall, score, source = curve
+    games = env.get("env_id", "unknown task").split(config_lib.TASK_SEPARATOR)
     label = labels[index] if labels else default_label(logdir)
-    runs.append(Run(logdir, label, env_id, steps * per_step, wall, score, source))
+    for env_id in games:
+      curve = load_curve(logdir, window, game=env_id if len(games) > 1 else None)
+      if curve is None:
+        print(f"skipping {logdir}" + (f" ({env_id})" if len(games) > 1 else "") +
+              ": no finished episodes in episodes.csv or metrics.csv", file=sys.stderr)
+        continue
+      if frames_per_step:
+        per_step = frames_per_step
+      elif env:
+        per_step = env.get("frame_skip", 4) if atari_scores.game_name(env_id) else 1
+      else:
+        per_step = 4  # The old script's assumption for runs without a config.json (Atari).
+      steps, wall, score, source = curve
+      runs.append(Run(logdir, label, env_id, steps * per_step, wall, score, source))
   return runs
 
 

@@ -57,12 +57,41 @@ def check_optimizer(name: str) -> None:
   check_one_of("optimizer", name, OPTIMIZERS)
 
 
+# Separates the games of a multi-task run in `EnvConfig.env_id`: "Pong-v5,Breakout-v5".
+TASK_SEPARATOR = ","
+_TASKS_FORM = ("one EnvPool task id, or several Atari games separated by commas without "
+               "spaces, e.g. 'Pong-v5,Breakout-v5'")
+
+
+def _check_tasks(env_id: str) -> None:
+  """ValueError unless `env_id` is one id or a list of distinct plain ids (`EnvConfig`).
+
+  Only the form is checked here: whether each id is an EnvPool Atari game is the environments'
+  business (`envs.env_spec`), which knows EnvPool's registry.
+  """
+  _require(isinstance(env_id, str) and env_id,
+           f"env_id must be {_TASKS_FORM}; got {env_id!r}.")
+  if TASK_SEPARATOR not in env_id:
+    return
+  tasks = env_id.split(TASK_SEPARATOR)
+  for task in tasks:
+    _require(task and task == task.strip() and ":" not in task,
+             f"Bad game {task!r} in env_id {env_id!r}: it must be {_TASKS_FORM} (your own "
+             "module.path:factory environments play alone).")
+  repeated = sorted({task for task in tasks if tasks.count(task) > 1})
+  _require(not repeated, f"env_id {env_id!r} lists {', '.join(repeated)} more than once; each "
+           "game is one task.")
+
+
 @dataclasses.dataclass(frozen=True)
 class EnvConfig:
-  """One EnvPool batched environment, owned by one actor thread.
+  """One EnvPool batched environment, owned by one actor thread; or, with several games in
+  `env_id`, a multi-task run's games, each played by its own actor threads (`task_config`).
 
   Attributes:
-    env_id: an EnvPool task id, e.g. "Pong-v5", "CartPole-v1", "HalfCheetah-v4".
+    env_id: an EnvPool task id, e.g. "Pong-v5", "CartPole-v1", "HalfCheetah-v4"; or several
+      Atari games separated by commas, "Pong-v5,Breakout-v5": a multi-task run, whose task ids
+      are the games' positions in the list (`tasks`).
     num_envs: environments in the pool.
     batch_size: environments returned by each `recv()`; < num_envs makes EnvPool asynchronous
       (the rest keep stepping while the agent thinks). None means num_envs.
@@ -71,6 +100,9 @@ class EnvConfig:
     max_episode_steps: time limit (truncation), None for the task's default.
     episodic_life, reward_clip, noop_max, stack_num, frame_skip, repeat_action_probability:
       Atari only (ignored elsewhere); the defaults are the paper's settings.
+    full_action_space: Atari only: the 18 actions of the whole ALE action set instead of the
+      game's minimal set. Every game of a multi-task run has it (`task_config`), so that one
+      policy head serves them all; a run of one game keeps its minimal set.
     image_size: Atari only: frames are resized to image_size × image_size grayscale (the
       paper's 84). Smaller frames make the torso and EnvPool's resize cheaper: RLlib's APPO
       Pong example uses 42.
@@ -89,8 +121,10 @@ class EnvConfig:
   frame_skip: int = 4
   repeat_action_probability: float = 0.0
   image_size: int = 84
+  full_action_space: bool = False
 
   def __post_init__(self):
+    _check_tasks(self.env_id)
     _require(self.num_envs >= 1, f"num_envs must be >= 1, got {self.num_envs}.")
     if self.batch_size is not None:
       _require(1 <= self.batch_size <= self.num_envs,
@@ -103,6 +137,28 @@ class EnvConfig:
   @property
   def recv_batch_size(self) -> int:
     return self.num_envs if self.batch_size is None else self.batch_size
+
+  @property
+  def tasks(self) -> Tuple[str, ...]:
+    """The env id of each task, by task id: `(env_id,)` for a run of one task."""
+    return tuple(self.env_id.split(TASK_SEPARATOR))
+
+  @property
+  def num_tasks(self) -> int:
+    return len(self.tasks)
+
+  @property
+  def multi_task(self) -> bool:
+    return self.num_tasks > 1
+
+  def task_config(self, task: int) -> "EnvConfig":
+    """The pool of task `task`: its one game, with the full action space in a multi-task run
+    (one policy head over every game's actions). A run of one task: this config itself."""
+    _require(0 <= task < self.num_tasks,
+             f"task must be in [0, {self.num_tasks}), got {task}.")
+    if not self.multi_task:
+      return self
+    return dataclasses.replace(self, env_id=self.tasks[task], full_action_space=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,8 +245,8 @@ class PopArtConfig:
     enabled: learn PopArt's normalised values; False: one plain value, the paper's IMPALA.
     step_size: β, ART's step size per value target.
     scale_lb, scale_ub: σ_min and σ_max.
-    num_tasks: K, the tasks with statistics and a value output of their own. Every environment
-      is task 0 until environments carry task ids (docs/architecture.md).
+    num_tasks: K, the tasks with statistics and a value output of their own: the number of
+      games in `EnvConfig.env_id` (`TrainConfig` checks it when PopArt is on).
   """
 
   enabled: bool = False
@@ -285,9 +341,11 @@ class TrainConfig:
   """A whole training run: what `experiments/` builds from flags and `impala_jax.train` runs.
 
   Attributes:
-    env: one actor thread's EnvPool (each of `num_actor_threads` threads owns one).
+    env: one actor thread's EnvPool (each of `num_actor_threads` threads owns one). With
+      several games (`EnvConfig.tasks`), thread k plays game k mod (number of games).
     network, loss, optimizer, popart: see their classes.
-    num_actor_threads: actor threads, each stepping its own EnvPool.
+    num_actor_threads: actor threads, each stepping its own EnvPool; a multiple of the number
+      of games in a multi-task run, so that every game has as many threads.
     unroll_length: T, agent steps per unroll (each unroll carries T+1 observations).
     batch_size: unrolls per learner update, split evenly over the local devices.
     num_epochs: passes over each batch (APPO: several; IMPALA: 1, one gradient step).
@@ -303,6 +361,8 @@ class TrainConfig:
       finished, `runtime.telemetry.RECENT_EPISODES`, judged at each metrics row) reaches
       this: the local actors' score, or each of two remote hosts' confirmed by the learner's
       own games (`runtime.scores`, `runtime.score_check`); None: run to total_env_steps.
+      A multi-task run compares the median over its games of each game's human-normalised
+      score (its last 20 games) with it, once every game has 20 (`runtime.telemetry`).
     seed: seeds parameters, action sampling and the environments.
     logdir: run directory (metrics.csv, TensorBoard events, checkpoints/).
     resume: continue from the latest checkpoint in `logdir`.
@@ -348,6 +408,7 @@ class TrainConfig:
   publish_delay_updates: int = 0
 
   def __post_init__(self):
+    self._check_task_layout()
     if self.trajectory_store is not None:
       _require(self.num_actor_threads == 0 and self.remote_envs is None,
                "With a trajectory store the learner has no actors of its own: use "
@@ -380,6 +441,10 @@ class TrainConfig:
     _require(self.inference_batch_wait_ms >= 0,
              f"inference_batch_wait_ms must be >= 0, got {self.inference_batch_wait_ms}.")
     if self.popart.enabled:
+      _require(self.popart.num_tasks == self.env.num_tasks,
+               f"PopArt has statistics for {self.popart.num_tasks} task(s), but env "
+               f"{self.env.env_id!r} has {self.env.num_tasks} game(s): PopArtConfig.num_tasks "
+               "must be the number of games.")
       # ART moves μ by β N (mean − μ) for N targets (`rl.popart`): past the batch's own mean
       # when β N > 1, and it diverges past 2.
       targets = self.steps_per_update // self.num_minibatches
@@ -388,6 +453,24 @@ class TrainConfig:
                "one optimizer step (batch_size × unroll_length × processes / num_minibatches) "
                f"is {self.popart.step_size * targets:.3g} > 1: PopArt's statistics would "
                f"overshoot each batch's mean. Use popart_step_size <= {1.0 / targets:.3g}.")
+
+  def _check_task_layout(self) -> None:
+    """A multi-task run: every game gets the same number of local actor threads; its data
+    stays local for now (remote unrolls and episodes carry no task id yet)."""
+    num_tasks = self.env.num_tasks
+    if num_tasks == 1:
+      return
+    scale_out = [flag for flag, used in (("--listen", self.remote_envs is not None),
+                                         ("--trajectory_store", self.trajectory_store is not None),
+                                         ("--num_processes > 1", self.multihost is not None))
+                 if used]
+    _require(not scale_out,
+             f"A multi-task run (--env={self.env.env_id}) plays on this process's own actor "
+             f"threads only; {', '.join(scale_out)} is not supported with several games yet.")
+    _require(self.num_actor_threads >= num_tasks and self.num_actor_threads % num_tasks == 0,
+             f"num_actor_threads={self.num_actor_threads} does not split over the {num_tasks} "
+             f"games of --env={self.env.env_id}: thread k plays game k mod {num_tasks}, so use "
+             f"a multiple of {num_tasks} (e.g. --num_actor_threads={num_tasks}).")
 
   @property
   def num_processes(self) -> int:

@@ -13,13 +13,17 @@ Timestep alignment (index t = 0..T, following EnvPool's "next-step autoreset"):
   action[t]        a_t, the action taken at x_t.
   behaviour_log_prob[t]  log μ(a_t|x_t) under the acting parameters.
   policy_version[t]      version of the parameters that chose a_t.
+  task[t]          the task (game) of the environment: its index in `EnvConfig.tasks`, 0 in a
+                   run of one task. Fixed for an environment's life, so constant along t; kept
+                   per timestep so that every field but the core state is `[T+1, B]` and
+                   every copy, split and minibatch over B handles it with the others.
 
 When x_t ends an episode (terminated or truncated), EnvPool ignores a_t and resets: step t is
 not a real transition and the learner masks it out (`learning.update.learner_inputs`, which
 aligns an unroll's records into the per-step `Transitions` the objectives score).
 """
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
 
@@ -43,7 +47,9 @@ class Unroll(NamedTuple):
     action: `[T+1, B]` int32 (discrete) or `[T+1, B, action_dim]` float32 (continuous).
     behaviour_log_prob: `[T+1, B]` float32.
     policy_version: `[T+1, B]` int32.
-    core_state: the core state before timestep 0, leaves `[B, ...]`; () without a core.
+    task: `[T+1, B]` int32, each column's task id (constant along T).
+    core_state: the core state before timestep 0, leaves `[B, ...]`; () without a core. Last:
+      the fields before it are the time-major ones (`unroll[:-1]`).
   """
 
   observation: np.ndarray
@@ -54,6 +60,7 @@ class Unroll(NamedTuple):
   action: np.ndarray
   behaviour_log_prob: np.ndarray
   policy_version: np.ndarray
+  task: np.ndarray
   core_state: CoreState
 
 
@@ -71,6 +78,8 @@ class Transitions(NamedTuple):
       truncated (the step still bootstraps from V(x_{t+1})).
     mask: `[T, B]` float, 1 for a real transition, 0 where x_t ended an episode and EnvPool
       ignored a_t (its autoreset step). Must be 0 or 1.
+    task: `[T, B]` int32, the task id of each step (`Unroll.task`): all 0 in a run of one
+      task; None where no task is known (the objectives, which do not read it, scored alone).
   """
 
   actions: np.ndarray
@@ -78,6 +87,7 @@ class Transitions(NamedTuple):
   rewards: np.ndarray
   discounts: np.ndarray
   mask: np.ndarray
+  task: Optional[np.ndarray] = None
 
 
 class HostBatch(NamedTuple):
@@ -102,8 +112,11 @@ class EpisodeStats(NamedTuple):
     episode_length: agent steps.
     source: who played it: "local" (this process's actors), or a remote host's name
       ("env host 1a2b3c4d", "actor host 1a2b3c4d"), so that scores are counted per host.
+    task: the game it was played in, its task id (`EnvConfig.tasks`); 0 in a run of one task
+      (and from remote hosts, which play the run's one task).
   """
 
   episode_return: float
   episode_length: int
   source: str = LOCAL_SOURCE
+  task: int = 0

@@ -32,17 +32,25 @@ class InferenceClient(Protocol):
     ...
 
 
+def actor_task(config: config_lib.TrainConfig, actor_id: int) -> int:
+  """The task (game) actor thread `actor_id` plays: `actor_id mod` the number of tasks, so the
+  games take turns and each has `num_actor_threads / num_tasks` threads."""
+  return actor_id % config.env.num_tasks
+
+
 def env_configs(config: config_lib.TrainConfig,
                 update_step: int) -> List[config_lib.EnvConfig]:
-  """One EnvConfig per actor thread, with seeds that never overlap.
+  """One EnvConfig per actor thread, its task's (`actor_task`), with seeds that never overlap.
 
   EnvPool seeds environment i of a pool with `seed + i`: thread k starts at `k · num_envs`,
   process p of a multi-process run at `p · total_envs`, and a session resumed at update u at
-  `u · num_processes · total_envs`, so no two environments of the run share a seed.
+  `u · num_processes · total_envs`, so no two environments of the run share a seed, whichever
+  game they play.
   """
   base = config.env.seed + config.total_envs * (update_step * config.num_processes +
                                                 config.process_index)
-  return [dataclasses.replace(config.env, seed=base + k * config.env.num_envs)
+  return [dataclasses.replace(config.env.task_config(actor_task(config, k)),
+                              seed=base + k * config.env.num_envs)
           for k in range(config.num_actor_threads)]
 
 
@@ -60,7 +68,8 @@ class Actor(threads.Worker):
                sink: unroll_buffer.UnrollSink,
                unroll_length: int,
                on_episode: Optional[Callable[[types.EpisodeStats], None]] = None,
-               make_env: Callable[[config_lib.EnvConfig], Any] = envs.make_env):
+               make_env: Callable[[config_lib.EnvConfig], Any] = envs.make_env,
+               task: int = 0):
     """Args:
       actor_id: this actor's index; its environments get the global ids
         [actor_id * num_envs, (actor_id + 1) * num_envs) at the inference server.
@@ -70,6 +79,8 @@ class Actor(threads.Worker):
       unroll_length: T.
       on_episode: called (from this thread) with each finished episode's real score.
       make_env: builds the pool from `env_config` (a benchmark passes a synthetic one).
+      task: the task id of `env_config`'s game (`actor_task`), carried by its unrolls and
+        episodes.
     """
     self._actor_id = actor_id
     self._env_config = env_config
@@ -79,6 +90,7 @@ class Actor(threads.Worker):
     self._on_episode = on_episode or (lambda stats: None)
     self._env_id_offset = actor_id * env_config.num_envs
     self._make_env = make_env
+    self._task = task
     super().__init__(name=f"actor-{actor_id}", description=f"Actor thread actor-{actor_id}")
     self.env_steps = 0  # Read by other threads for throughput; ints are swapped atomically.
     # Where this thread's time goes (read by the runtime for the `time_*` columns).
@@ -97,7 +109,8 @@ class Actor(threads.Worker):
 
   def _loop(self, env) -> None:
     spec = envs.env_spec(env)
-    recorder = recorder_lib.StepRecorder(self._env_config.num_envs, spec, self._unroll_length)
+    recorder = recorder_lib.StepRecorder(self._env_config.num_envs, spec, self._unroll_length,
+                                         task=self._task)
     env.async_reset()
     clock = self.clock
     clock.restart()

@@ -28,9 +28,11 @@ class StepRecorder:
     `hand_over(complete, sink)`  gives those unrolls to a sink.
   """
 
-  def __init__(self, num_envs: int, spec: envs.EnvSpec, unroll_length: int):
-    self._tracker = envs.EpisodeTracker(num_envs, spec.family)
-    self._buffer = unroll_buffer.UnrollBuffer(unroll_length, num_envs, spec)
+  def __init__(self, num_envs: int, spec: envs.EnvSpec, unroll_length: int, task: int = 0):
+    """`task`: the task id of every environment here (`types.Unroll.task`), stamped on their
+    unrolls and episodes."""
+    self._tracker = envs.EpisodeTracker(num_envs, spec.family, task=task)
+    self._buffer = unroll_buffer.UnrollBuffer(unroll_length, num_envs, spec, task=task)
     # Every environment's first observation starts an episode (after a reset).
     self._starts_episode = np.ones((num_envs,), bool)
 

@@ -65,6 +65,7 @@ def unroll_storage(spec: envs.EnvSpec, num_unrolls: int, unroll_length: int,
       action=action,
       behaviour_log_prob=aligned_zeros((n, b), np.float32),
       policy_version=aligned_zeros((n, b), np.int32),
+      task=aligned_zeros((n, b), np.int32),
       core_state=jax.tree.map(lambda x: aligned_zeros((b,) + x.shape[1:], x.dtype),
                               core_state))
 
@@ -89,14 +90,20 @@ class UnrollSink(Protocol):
 
 
 class UnrollBuffer:
-  """`[T+1, num_envs, ...]` storage with a write position per environment."""
+  """`[T+1, num_envs, ...]` storage with a write position per environment.
 
-  def __init__(self, unroll_length: int, num_envs: int, spec: envs.EnvSpec):
+  Every environment plays task `task` (`types.Unroll.task`): the block's task field is filled
+  once, when the block becomes this buffer's, never per step.
+  """
+
+  def __init__(self, unroll_length: int, num_envs: int, spec: envs.EnvSpec, task: int = 0):
     self.unroll_length = unroll_length
     self._num_envs = num_envs
     self._all_envs = np.arange(num_envs)
+    self._task = task
     self.position = np.zeros((num_envs,), np.int64)
     self.block = unroll_storage(spec, num_envs, unroll_length)
+    self.block.task.fill(task)
     # The core state before timestep T of each column: timestep 0's when the column restarts.
     self._next_core_state: types.CoreState = ()
     # Each column's last timestep, kept while its block is handed over whole.
@@ -171,6 +178,8 @@ class UnrollBuffer:
         return False
       for field, carry in zip(fresh[:-1], self._carry):
         field[0] = carry
+      # A free block may have been another task's batch: its columns become this task's.
+      fresh.task.fill(self._task)
       self.block = fresh
     else:
       if not sink.put_unrolls(self.block, columns, stop_requested):

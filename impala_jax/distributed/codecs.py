@@ -6,6 +6,10 @@ environment spec, unroll length and network (`unroll_schema`, `params_schema`), 
 in `jax.tree` order, named by position. An actor host's unrolls and episode records carry its
 host id in the message's sequence field, so the learner can count their faults per host.
 The values themselves are the receiver's to check (`envs.value_checks`).
+
+An unroll's task id (`types.Unroll.task`) does not travel: remote hosts play the run's one
+task (a multi-task run refuses them, `config.TrainConfig`), so a decoded unroll is task 0 and
+encoding refuses any other.
 """
 
 from typing import Any, List, NamedTuple, Sequence, Tuple
@@ -55,6 +59,10 @@ def blob_bytes(schema: Sequence[wire.ArraySpec]) -> int:
 
 def encode_unroll(unroll: types.Unroll, schema: Sequence[wire.ArraySpec],
                   host_id: int = 0) -> bytes:
+  """Raises ValueError for an unroll of a task other than 0 (module doc)."""
+  if np.any(unroll.task):
+    raise ValueError("Only task 0's unrolls cross the wire: remote hosts and stores do not "
+                     "serve multi-task runs yet.")
   arrays = {name: getattr(unroll, name) for name in _FIELDS}
   for i, leaf in enumerate(jax.tree.leaves(unroll.core_state)):
     arrays[f"core_{i}"] = np.asarray(leaf)
@@ -71,7 +79,9 @@ def decode_unroll(payload: bytes, schema: Sequence[wire.ArraySpec],
   a = message.arrays
   leaves = [a[f"core_{i}"] for i in range(len(jax.tree.leaves(initial_core_state)))]
   core_state = jax.tree.unflatten(jax.tree.structure(initial_core_state), leaves)
-  return types.Unroll(*(a[name] for name in _FIELDS), core_state=core_state), message.sequence
+  task = np.zeros_like(a["policy_version"])  # [T+1, 1] int32: the run's one task.
+  return (types.Unroll(*(a[name] for name in _FIELDS), task=task, core_state=core_state),
+          message.sequence)
 
 
 def params_schema(params: Any) -> Tuple[wire.ArraySpec, ...]:

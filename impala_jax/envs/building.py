@@ -38,11 +38,13 @@ def make_env(config: EnvConfig, render: bool = False) -> Any:
     The EnvPool environment (its `spec` is an EnvPool spec, see `env_spec`).
 
   Raises:
-    ValueError: unknown task id (the message lists close matches), or bad Atari settings.
+    ValueError: unknown task id (the message lists close matches), bad Atari settings, or
+      several games (a pool plays one: `config.task_config(task)`).
     TypeError: `config` is not an `EnvConfig`.
   """
   if not isinstance(config, EnvConfig):
     raise TypeError(f"Expected an EnvConfig, got {type(config).__name__}.")
+  envpool_envs.check_one_task(config)
   if family_lib.env_family(config.env_id) is family_lib.EnvFamily.CUSTOM:
     return custom.CustomEnvPool(
         config.env_id, num_envs=config.num_envs, batch_size=config.recv_batch_size,
@@ -55,14 +57,21 @@ def env_spec(env_or_config: Union[EnvConfig, Any]) -> specs.EnvSpec:
   """The `EnvSpec` of an `EnvConfig`, a built EnvPool environment, or an EnvPool spec.
 
   From a config, the spec is built with the same settings `make_env` uses (so `stack_num`
-  shows in `observation_shape`) without starting any environment. A custom environment
+  shows in `observation_shape`) without starting any environment. A multi-task config's spec
+  is every game's (`EnvConfig.task_config`: the same frames, Atari's 18 actions), with
+  `num_tasks` set, once each game is checked to be an EnvPool Atari task. A custom environment
   (`module.path:factory`, see `envs.custom`) is read from one copy built and closed again;
   a built `custom.CustomEnvPool` (or an `EnvSpec`) gives its own.
 
   Raises:
-    ValueError: unknown task id, or observation/action spaces this package does not handle.
+    ValueError: unknown task id, or observation/action spaces this package does not handle;
+      a multi-task config with a game that is not Atari's.
     TypeError: the argument is none of the accepted kinds.
   """
+  if isinstance(env_or_config, EnvConfig) and env_or_config.multi_task:
+    envpool_envs.check_games(env_or_config)
+    spec = env_spec(env_or_config.task_config(0))
+    return spec._replace(num_tasks=env_or_config.num_tasks)
   if isinstance(env_or_config, specs.EnvSpec):
     return env_or_config
   if isinstance(getattr(env_or_config, "spec", None), specs.EnvSpec):  # A CustomEnvPool.

@@ -51,14 +51,39 @@ def _check_atari_settings(config: EnvConfig) -> None:
     raise ValueError(f"Bad Atari settings for {config.env_id!r}: {'; '.join(problems)}.")
 
 
+def check_games(config: EnvConfig) -> None:
+  """Raises a ValueError naming the first game of a multi-task `config` that is not an EnvPool
+  Atari task (unknown ids with their closest matches): one network plays them all through
+  Atari's full action space, which other families do not share."""
+  for task in config.tasks:
+    family = family_lib.env_family(task)  # An unknown id fails here, with suggestions.
+    if family is not family_lib.EnvFamily.ATARI:
+      raise ValueError(
+          f"A multi-task run takes Atari games only; {task!r} in --env={config.env_id} is "
+          f"not one (its family: {family.value}). Accepted: EnvPool Atari ids separated by "
+          "commas, e.g. Pong-v5,Breakout-v5.")
+
+
+def check_one_task(config: EnvConfig) -> None:
+  """Raises a ValueError for a multi-task `config`: a pool plays one game."""
+  if config.multi_task:
+    raise ValueError(f"A pool plays one game, not {config.env_id!r}: build each game's pool "
+                     "from config.task_config(task).")
+
+
 def envpool_kwargs(config: EnvConfig) -> Dict[str, Any]:
-  """The keyword arguments of `envpool.make`/`envpool.make_spec` for `config`.
+  """The keyword arguments of `envpool.make`/`envpool.make_spec` for `config`, one task's.
 
   Validates the task id first, so that an unknown id fails with suggestions rather than
   inside EnvPool.
+
+  Raises:
+    ValueError: an unknown task id, bad Atari settings, or a multi-task config (a pool plays
+      one game: build `config.task_config(task)`).
   """
   if not isinstance(config, EnvConfig):
     raise TypeError(f"Expected an EnvConfig, got {type(config).__name__}.")
+  check_one_task(config)
   family_lib.check_env_id(config.env_id)
   kwargs = dict(
       num_envs=config.num_envs,
@@ -87,6 +112,7 @@ def envpool_kwargs(config: EnvConfig) -> Dict[str, Any]:
         img_height=config.image_size,
         img_width=config.image_size,
         gray_scale=True,
+        full_action_space=config.full_action_space,
     )
   return kwargs
 

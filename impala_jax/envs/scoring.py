@@ -34,11 +34,12 @@ class EpisodeTracker:
   the environments that finished.
   """
 
-  def __init__(self, num_envs: int, family: family_lib.EnvFamily):
+  def __init__(self, num_envs: int, family: family_lib.EnvFamily, task: int = 0):
     """Args:
       num_envs: environments of the pool.
       family: the environments' family (`EnvSpec.family`): Atari games are scored from its
         info (above).
+      task: the pool's task id (`EnvConfig.tasks`), which each episode carries.
     """
     if num_envs < 1:
       raise ValueError(f"num_envs must be >= 1, got {num_envs}.")
@@ -46,6 +47,7 @@ class EpisodeTracker:
       raise TypeError(f"family must be an EnvFamily, got {family!r}.")
     self._num_envs = int(num_envs)
     self._family = family
+    self._task = int(task)
     self._atari = family is family_lib.EnvFamily.ATARI
     # float64: sums of thousands of rewards must not lose precision.
     self._returns = np.zeros(self._num_envs, np.float64)
@@ -97,7 +99,8 @@ class EpisodeTracker:
       return []
     finished_ids = env_ids[ended]
     finished = [
-        EpisodeStats(episode_return=float(self._returns[env_id]), episode_length=int(length))
+        EpisodeStats(episode_return=float(self._returns[env_id]), episode_length=int(length),
+                     task=self._task)
         for env_id, length in zip(finished_ids, elapsed_step[ended])
     ]
     self._returns[finished_ids] = 0.0

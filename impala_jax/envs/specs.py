@@ -73,6 +73,8 @@ class EnvSpec(NamedTuple):
     action_dtype: numpy dtype EnvPool expects for actions (int32, float32 or float64).
     family: Atari, another EnvPool task, or your own environment (`envs.family`).
     ranges: what the environment declares about its values (`DeclaredRanges`).
+    num_tasks: the games of a multi-task run (task ids `[0, num_tasks)`, `Unroll.task`),
+      which share this spec (Atari's full action space); 1 otherwise.
   """
 
   observation_shape: Tuple[int, ...]
@@ -85,6 +87,7 @@ class EnvSpec(NamedTuple):
   action_dtype: np.dtype
   family: family_lib.EnvFamily
   ranges: DeclaredRanges = DeclaredRanges()
+  num_tasks: int = 1
 
 
 def _read_only(array: Any) -> np.ndarray:

@@ -16,12 +16,15 @@ over-represented. The LSTM state (if any) is kept per environment across steps a
 the first step of each game; actions are sampled from the policy, or its mode (`greedy`).
 (Training with `episodic_life` also zeroed it after every life loss, where a training episode
 ended; evaluation does not: there a whole game is one episode.)
+
+A multi-task run's policy plays each of its games in turn (`task_configs`: each with the full
+action space it was trained with); `summarize_games` adds the median over the games.
 """
 
 import dataclasses
 import statistics
 import time
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import numpy as np
@@ -68,6 +71,13 @@ def evaluation_env_config(env_config: config_lib.EnvConfig, *, num_envs: int, se
   """The training `EnvConfig` with the evaluation settings (module doc); one synchronous pool."""
   return dataclasses.replace(env_config, num_envs=num_envs, batch_size=None, seed=seed,
                              episodic_life=False, reward_clip=False, noop_max=noop_max)
+
+
+def task_configs(env_config: config_lib.EnvConfig, **settings: Any) -> List[config_lib.EnvConfig]:
+  """`evaluation_env_config(..., **settings)` of each task's game, by task id: one config for
+  a run of one task, one per game (full action space) for a multi-task run."""
+  return [evaluation_env_config(env_config.task_config(task), **settings)
+          for task in range(env_config.num_tasks)]
 
 
 def make_act_fn(network: networks.ImpalaNetwork, greedy: bool):
@@ -211,3 +221,15 @@ def summarize(env_id: str, returns: Sequence[float]) -> Dict[str, Any]:
   hns = [atari_scores.human_normalized_score(env_id, r) for r in returns]
   return dict(score=stats(returns),
               human_normalized_score=None if hns[0] is None else stats(hns))
+
+
+def summarize_games(summaries: Mapping[str, Dict[str, Any]]) -> Dict[str, Any]:
+  """A multi-task evaluation's summary over its games, from each game's `summarize`: the
+  median over the games of their mean human-normalised score (None unless every game has
+  one), and of their mean real score (for reference: games' scores have different scales)."""
+  hns = [s["human_normalized_score"] for s in summaries.values()]
+  return dict(
+      num_games=len(summaries),
+      median_human_normalized_score=(None if any(h is None for h in hns) else
+                                     statistics.median(h["mean"] for h in hns)),
+      median_score=statistics.median(s["score"]["mean"] for s in summaries.values()))

@@ -86,7 +86,8 @@ def learner_inputs(unroll: types.Unroll, discount: float) -> types.Transitions:
   Step t leads from x_t to x_{t+1}: its reward and termination arrive with x_{t+1}. When x_t
   itself ended an episode (terminated or truncated) EnvPool ignores a_t and resets, so step t
   is masked. A truncated x_{t+1} keeps γ_t = γ: the step before a time limit still bootstraps
-  from V(x_{t+1}). See `types.py` for both layouts.
+  from V(x_{t+1}). Step t's task is the unroll's (zeros in a run of one task). See `types.py`
+  for both layouts.
   """
   done = jnp.logical_or(unroll.terminated, unroll.truncated)
   return types.Transitions(
@@ -94,13 +95,14 @@ def learner_inputs(unroll: types.Unroll, discount: float) -> types.Transitions:
       behaviour_log_probs=unroll.behaviour_log_prob[:-1],
       rewards=unroll.reward[1:],
       discounts=discount * (1.0 - unroll.terminated[1:].astype(jnp.float32)),
-      mask=1.0 - done[:-1].astype(jnp.float32))
+      mask=1.0 - done[:-1].astype(jnp.float32),
+      task=unroll.task[:-1])
 
 
 def unroll_tasks(unroll: types.Unroll) -> jax.Array:
-  """`[T+1, B]` int32, the task of each unroll's environment: 0 everywhere until `types.Unroll`
-  carries it (docs/architecture.md)."""
-  return jnp.zeros(unroll.reward.shape, jnp.int32)
+  """`[T+1, B]` int32, the task of each unroll's environment (0 everywhere in a run of one
+  game; docs/architecture.md)."""
+  return unroll.task
 
 
 def _unnormalized_values(output_value: jax.Array, popart_state: popart_lib.PopArtState,

@@ -6,6 +6,7 @@ after dropping the rows past the step it resumes from: they were written after t
 restored, and the run is about to record those steps again. TensorBoard purges them the same way.
 """
 
+import collections
 import csv
 import math
 import os
@@ -22,10 +23,12 @@ CSV_COLUMNS = ("env_steps", "wall_seconds", "episode_return", "recent_episode_re
                "policy_loss", "baseline_loss", "entropy_loss", "entropy")
 
 # One row per finished episode (Atari: per whole game), for curves and "steps to a score";
-# `source` is who played it ("local", or the remote host: `types.EpisodeStats.source`).
-EPISODE_COLUMNS = ("env_steps", "wall_seconds", "episode_return", "episode_length", "source")
+# `source` is who played it ("local", or the remote host: `types.EpisodeStats.source`), `game`
+# the env id it was played in (a multi-task run's games: `types.EpisodeStats.task`).
+EPISODE_COLUMNS = ("env_steps", "wall_seconds", "episode_return", "episode_length", "source",
+                   "game")
 # The columns of either file that hold text, not numbers.
-TEXT_COLUMNS = ("source",)
+TEXT_COLUMNS = ("source", "game")
 
 
 class MetricsWriter:
@@ -78,45 +81,66 @@ class EpisodeWriter:
 
   `env_steps` and `wall_seconds` are the learner's count and the run's clock when the episode
   was recorded (at the metrics row that collected it), so curves line up with metrics.csv.
+
+  Args:
+    logdir: the run directory.
+    start_step: the env step the run starts from (rows after it are dropped).
+    games: the run's env ids by task id (`EnvConfig.tasks`): the `game` of a task's episodes.
   """
 
-  def __init__(self, logdir: str, start_step: int):
+  def __init__(self, logdir: str, start_step: int, games: Sequence[str]):
     os.makedirs(logdir, exist_ok=True)
     path = os.path.join(logdir, "episodes.csv")
     drop_rows_after(path, start_step)
     new = not os.path.exists(path) or os.path.getsize(path) == 0
-    # The real scores (and sources) of the games the resumed-from run finished (up to its
-    # checkpoint), in order, so that the score over the last games carries on across a resume.
+    self._games = tuple(games)
+    # The real scores, sources and tasks of the games the resumed-from run finished (up to its
+    # checkpoint), in order, so that the scores over the last games carry on across a resume.
     self.previous_returns: List[float] = []
     self.previous_sources: List[str] = []
-    # A file from before the `source` column keeps its columns (its games were "local").
-    self._with_source = True
+    self.previous_tasks: List[int] = []
+    # A file from before the `source` or `game` column keeps its columns.
+    columns = EPISODE_COLUMNS
     if not new:
-      self.previous_returns, self.previous_sources, self._with_source = _episodes(path)
+      columns = self._read_previous(path)
     self._file = open(path, "a", newline="")
-    self._writer = csv.writer(self._file)
+    self._writer = csv.DictWriter(self._file, columns, extrasaction="ignore")
     if new:
-      self._writer.writerow(EPISODE_COLUMNS)
+      self._writer.writeheader()
+
+  def _read_previous(self, path: str) -> Tuple[str, ...]:
+    """Reads the previous games (a file from before the `source` and `game` columns: "local"
+    games of task 0, the run's one game); returns the file's columns."""
+    with open(path, newline="") as f:
+      reader = csv.DictReader(f)
+      rows = list(reader)
+      columns = tuple(reader.fieldnames or EPISODE_COLUMNS)
+    unknown = collections.Counter()
+    for row in rows:
+      game = row.get("game") or self._games[0]
+      if game not in self._games:
+        unknown[game] += 1
+        continue
+      self.previous_returns.append(float(row["episode_return"]))
+      self.previous_sources.append(row.get("source") or types.LOCAL_SOURCE)
+      self.previous_tasks.append(self._games.index(game))
+    if unknown:
+      logging.warning("%s: %d games played in %s, which this run (%s) does not play: left out "
+                      "of its scores.", path, sum(unknown.values()), ", ".join(unknown),
+                      ",".join(self._games))
+    return columns
 
   def write(self, env_steps: int, wall_seconds: float, episodes) -> None:
     """`episodes`: `types.EpisodeStats` finished since the last call."""
     for e in episodes:
-      row = (env_steps, f"{wall_seconds:.3f}", e.episode_return, e.episode_length)
-      self._writer.writerow(row + (e.source,) if self._with_source else row)
+      self._writer.writerow(dict(
+          env_steps=env_steps, wall_seconds=f"{wall_seconds:.3f}",
+          episode_return=e.episode_return, episode_length=e.episode_length, source=e.source,
+          game=self._games[e.task]))
     self._file.flush()
 
   def close(self) -> None:
     self._file.close()
-
-
-def _episodes(path: str) -> Tuple[List[float], List[str], bool]:
-  """(returns, sources, whether the file has a `source` column) of an episodes.csv."""
-  with open(path, newline="") as f:
-    reader = csv.DictReader(f)
-    rows = list(reader)
-    with_source = "source" in (reader.fieldnames or ())
-  return ([float(row["episode_return"]) for row in rows],
-          [row.get("source") or types.LOCAL_SOURCE for row in rows], with_source)
 
 
 def read_csv(path: str) -> List[Dict[str, Any]]:
@@ -172,6 +196,7 @@ class NullWriter:
 
   previous_returns: Sequence[float] = ()
   previous_sources: Sequence[str] = ()
+  previous_tasks: Sequence[int] = ()
 
   def write(self, *args, **kwargs) -> None:
     del args, kwargs

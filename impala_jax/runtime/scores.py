@@ -15,6 +15,10 @@ scores only propose it: when at least two remote sources each reach it over thei
 of its own with its current parameters and stops only if those reach it too
 (`runtime.score_check`). However many hosts lie, the run ends only on games it played itself.
 
+A multi-task run's games are also kept per task (`types.EpisodeStats.task`): each game's own
+score is the mean of its last `window` games (`by_task`), and the run's is the median over the
+games of their human-normalised scores (`telemetry`).
+
 The score itself, the mean of the last `window` games, is `recent_mean`; `rolling_means` is the
 same after every game of a run, for curves (`experiments/plot_metrics.py`, the learning
 benchmark), so that a curve shows what the run logged.
@@ -72,6 +76,8 @@ class Scores:
     self._by_source: "collections.OrderedDict[str, collections.deque]" = (
         collections.OrderedDict())
     self.counts: Dict[str, int] = collections.Counter()  # Games per source, this session.
+    # Task ids are the run's few games (`EnvConfig.tasks`): no bound needed.
+    self._by_task: Dict[int, collections.deque] = {}
     self._add(previous, count=False)
 
   def add(self, episodes: Iterable[types.EpisodeStats]) -> None:
@@ -90,6 +96,8 @@ class Scores:
         self.counts.pop(forgotten, None)
       if count:
         self.counts[episode.source] += 1
+      self._by_task.setdefault(episode.task, collections.deque(maxlen=self._window)).append(
+          episode.episode_return)
 
   def games(self) -> int:
     """Games in the overall window (at most `window`)."""
@@ -107,6 +115,12 @@ class Scores:
     """Each source's own score: the mean of its last `window` games, once it has that many."""
     return {source: recent_mean(recent, self._window)
             for source, recent in self._by_source.items() if len(recent) == self._window}
+
+  def by_task(self, full: bool = False) -> Dict[int, float]:
+    """Each task's own score: the mean of its last `window` games, however many so far (a
+    task without games is left out); with `full`, only once it has `window` of them."""
+    return {task: recent_mean(recent, self._window) for task, recent in self._by_task.items()
+            if not full or len(recent) == self._window}
 
   def local_score(self) -> Optional[float]:
     """The local actors' own score (None until they have finished `window` games)."""

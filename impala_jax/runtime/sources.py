@@ -112,7 +112,8 @@ def local_acting(config: config_lib.TrainConfig, spec: envs.EnvSpec, network: An
       batch_wait_ms=config.inference_batch_wait_ms,
       expected_requests=config.num_actor_threads, initial_version=learner.update_step)
   actors = [actor_lib.Actor(i, env_config, server, assembler, config.unroll_length,
-                            on_episode=episodes.put, make_env=make_env)
+                            on_episode=episodes.put, make_env=make_env,
+                            task=actor_lib.actor_task(config, i))
             for i, env_config in enumerate(actor_lib.env_configs(config, learner.update_step))]
   remote = None
   if config.remote_envs is not None:

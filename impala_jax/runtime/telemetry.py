@@ -8,6 +8,13 @@ latency, queue size, RSS) and, from each component's `seconds` counters, the fra
 threads' wall time spent in each phase (`time_*` columns). Scores are kept per source
 (`runtime.scores`): `stop_score` and `score_sources` in each row, the source of every game in
 episodes.csv, and whether `--stop_at_score` is reached (`score_reached`).
+
+A multi-task run (`EnvConfig.tasks`) also keeps each game's own score, the mean of its last
+`RECENT_EPISODES` games: each row has `recent_episode_return/<env id>` and, for Atari-57
+games, `recent_human_normalized_score/<env id>`; its `recent_human_normalized_score` is the
+median of those over the games (once every game has a score), and so is its `stop_score`, over
+each game's last `RECENT_EPISODES` games (once every game has that many): what
+`--stop_at_score` reaches. `recent_episode_return` stays the mean of the last games of any game.
 """
 
 import collections
@@ -90,8 +97,9 @@ class Telemetry:
                show_progress: bool):
     """Args:
       config: the run's; its `log_interval_seconds` (seconds between rows), `total_env_steps`
-        (the bar's end) and task: on Atari, rows get a `recent_human_normalized_score` column
-        (`envs.atari_scores.normalizer`) and the summary shows it.
+        (the bar's end) and tasks: on Atari, rows get a `recent_human_normalized_score` column
+        (`envs.atari_scores.normalizer`) and the summary shows it; a multi-task run's rows get
+        each game's columns too (module doc).
       writer: where rows go.
       episode_writer: where each finished episode goes.
       episodes: finished episodes, put there by the actors.
@@ -106,14 +114,19 @@ class Telemetry:
     self._episodes = episodes
     # A resumed run's score window starts with the games before its checkpoint.
     self._scores = scores_lib.Scores(RECENT_EPISODES, previous=[
-        types.EpisodeStats(r, 0, s) for r, s in zip(episode_writer.previous_returns,
-                                                    episode_writer.previous_sources)])
+        types.EpisodeStats(r, 0, s, t) for r, s, t in zip(episode_writer.previous_returns,
+                                                          episode_writer.previous_sources,
+                                                          episode_writer.previous_tasks)])
     self._phases = phases
     self._gauges = gauges
     self._interval = config.log_interval_seconds
     self._start_time = start_time
     self._show_progress = show_progress
-    self._score_to_hns = atari_scores.normalizer(config.env.env_id)
+    self._tasks = config.env.tasks
+    self._multi_task = config.env.multi_task
+    # Each task's score ↦ its human-normalised score; None for a game without reference scores.
+    self._task_hns = [atari_scores.normalizer(task) for task in self._tasks]
+    self._score_to_hns = self._task_hns[0]
     self._window = _Window(env_steps)
     self._bar = tqdm.tqdm(total=config.total_env_steps, initial=env_steps, unit="step",
                           disable=not show_progress, dynamic_ncols=True, smoothing=0.1)
@@ -126,10 +139,37 @@ class Telemetry:
     """The scores as of the last row: `score_reached` runs before every update, so it reads
     these instead of averaging every source's games each time."""
     self._score = self._scores.recent()
-    self._local_score = self._scores.local_score()
-    self._remote_score = self._scores.remote_score()
+    if self._multi_task:  # Every game is the local actors' (remote ones are refused).
+      self._local_score = self._median_hns(self._scores.by_task(full=True))
+      self._remote_score = None
+    else:
+      self._local_score = self._scores.local_score()
+      self._remote_score = self._scores.remote_score()
     self._stop_score = max((s for s in (self._local_score, self._remote_score) if s is not None),
                            default=None)
+
+  def _median_hns(self, task_scores: Mapping[int, float]) -> Optional[float]:
+    """The median over the games of each one's human-normalised score in `task_scores`; None
+    unless every game has a score there and reference scores."""
+    if len(task_scores) < len(self._tasks) or None in self._task_hns:
+      return None
+    return float(np.median([to_hns(task_scores[task])
+                            for task, to_hns in enumerate(self._task_hns)]))
+
+  def _task_columns(self) -> Dict[str, Optional[float]]:
+    """A multi-task row's columns per game and their median HNS (module doc): always set (None
+    until a game has a score), so that they are in the CSV header from row one."""
+    task_scores = self._scores.by_task()
+    columns: Dict[str, Optional[float]] = {}
+    for task, (env_id, to_hns) in enumerate(zip(self._tasks, self._task_hns)):
+      score = task_scores.get(task)
+      columns[f"recent_episode_return/{env_id}"] = score
+      if to_hns is not None:
+        columns[f"recent_human_normalized_score/{env_id}"] = (
+            None if score is None else to_hns(score))
+    if None not in self._task_hns:
+      columns["recent_human_normalized_score"] = self._median_hns(task_scores)
+    return columns
 
   def recent_score(self) -> Optional[float]:
     """The score as of the last row: the mean real return of the last `RECENT_EPISODES` games,
@@ -151,7 +191,8 @@ class Telemetry:
       return True
     if remote is not None and remote >= target:
       return confirm is not None and confirm(target)
-    if self._score is not None and self._score >= target and not self._warned_one_source:
+    if (not self._multi_task and self._score is not None and self._score >= target and
+        not self._warned_one_source):
       self._warned_one_source = True
       logging.warning("The last %d games score %.2f >= --stop_at_score=%g, but neither the "
                       "local actors nor two remote hosts each reach it (%s): one host's report "
@@ -198,22 +239,40 @@ class Telemetry:
         score_sources=len(self._scores.by_source()),
         steps_per_second=(env_steps - window.start_steps) / elapsed,
         rss_mb=psutil.Process().memory_info().rss / 2**20)
-    hns = None
-    if self._score_to_hns is not None:
+    if self._multi_task:
+      row.update(self._task_columns())
+    elif self._score_to_hns is not None:
       # Always set (None until a game ends), so the column is in the CSV header from row one.
-      hns = None if row["recent_episode_return"] is None else self._score_to_hns(
-          row["recent_episode_return"])
-      row["recent_human_normalized_score"] = hns
+      row["recent_human_normalized_score"] = (
+          None if row["recent_episode_return"] is None else self._score_to_hns(
+              row["recent_episode_return"]))
     row.update(self._gauges())
     row.update(self._phases.fractions(elapsed))
     self._writer.write(row)
-    recent = row["recent_episode_return"]
-    summary = (f"score={math.nan if recent is None else recent:.2f} "
-               + ("" if hns is None else f"hns={hns:.3f} ")
-               + f"(last {self._scores.games()} games) "
+    summary = (self._score_summary(row) +
                f"sps={row['steps_per_second']:.0f} loss={row.get('loss', math.nan):.3f} "
                f"lag={row.get('policy_lag', math.nan):.2f}")
     if self._show_progress:
       self._bar.set_postfix_str(summary)
     else:  # One line per row; with a bar, its postfix says the same without breaking it up.
-      logging.info("steps=%d %s", env_steps, summary)
+      logging.info("steps=%d %s%s", env_steps, summary, self._games_summary(row))
+
+  def _score_summary(self, row: Mapping[str, Optional[float]]) -> str:
+    """The bar's score: the recent score (and its HNS); a multi-task run's median HNS."""
+    hns = row.get("recent_human_normalized_score")
+    if self._multi_task:
+      return (f"median_hns={math.nan if hns is None else hns:.3f} over "
+              f"{len(self._tasks)} games ")
+    recent = row["recent_episode_return"]
+    return (f"score={math.nan if recent is None else recent:.2f} "
+            + ("" if hns is None else f"hns={hns:.3f} ")
+            + f"(last {self._scores.games()} games) ")
+
+  def _games_summary(self, row: Mapping[str, Optional[float]]) -> str:
+    """A multi-task run's scores per game, for the log line (too long for the bar)."""
+    if not self._multi_task:
+      return ""
+    scores = (row[f"recent_episode_return/{env_id}"] for env_id in self._tasks)
+    return " games: " + ", ".join(
+        f"{env_id} {math.nan if score is None else score:.2f}"
+        for env_id, score in zip(self._tasks, scores))

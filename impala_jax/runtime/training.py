@@ -92,7 +92,8 @@ class TrainingRun:
     if config.trajectory_store is not None:  # A wrong password or URL fails here.
       self._store = trajectory_store.RedisStore(config.trajectory_store)
       self._store.check()
-    self._spec = envs.env_spec(config.env)
+    self._spec = envs.env_spec(config.env)  # A multi-task run's: every game checked.
+    _check_stop_score(config)
     self._network = networks.network_for_spec(config.network, self._spec,
                                               num_tasks=config.popart.network_tasks)
     # Only the environment knows its actions; the loss would refuse once traced, mid-run.
@@ -203,6 +204,20 @@ class TrainingRun:
     return env_steps, trained_seconds
 
 
+def _check_stop_score(config: config_lib.TrainConfig) -> None:
+  """A multi-task run's `--stop_at_score` is a median human-normalised score
+  (`runtime.telemetry`): every game needs reference scores."""
+  if config.stop_at_score is None or not config.env.multi_task:
+    return
+  unscored = [task for task in config.env.tasks
+              if envs.atari_scores.reference_scores(task) is None]
+  if unscored:
+    raise ValueError(
+        f"--stop_at_score with several games is their median human-normalised score, and "
+        f"{', '.join(unscored)} has no reference scores (not one of the Atari-57 games: "
+        "envs/atari_scores.py); leave --stop_at_score unset for this run.")
+
+
 # The stop reasons that end a run for good: its hosts are told (`sources.Acting.end_run`).
 _RUN_OVER = ("completed", "score_reached")
 
@@ -228,7 +243,8 @@ class _Outputs:
     """Opens metrics.csv, episodes.csv and TensorBoard once the starting step is known."""
     if self.primary:
       self.writer = metrics_lib.MetricsWriter(self._config.logdir, start_steps)
-      self.episode_writer = metrics_lib.EpisodeWriter(self._config.logdir, start_steps)
+      self.episode_writer = metrics_lib.EpisodeWriter(self._config.logdir, start_steps,
+                                                      games=self._config.env.tasks)
 
   def schedule(self, learner, elapsed_seconds: Callable[[], float]) -> Any:
     if self.checkpointer is None:

@@ -140,3 +140,40 @@ def test_close_unblocks_an_actor_waiting_for_a_free_batch():
   closer.start()
   closer.join(timeout=10)
   assert not closer.is_alive() and not actor.is_alive()
+
+
+def test_threads_take_turns_at_the_games_with_seeds_that_never_overlap():
+  config = config_lib.TrainConfig(
+      env=config_lib.EnvConfig("Pong-v5,Breakout-v5", num_envs=4, seed=10),
+      num_actor_threads=4)
+  configs = actor_lib.env_configs(config, update_step=0)
+  assert [actor_lib.actor_task(config, k) for k in range(4)] == [0, 1, 0, 1]
+  assert [c.env_id for c in configs] == ["Pong-v5", "Breakout-v5"] * 2
+  assert all(c.full_action_space and c.num_envs == 4 for c in configs)
+  assert [c.seed for c in configs] == [10, 14, 18, 22]
+  one_game = config_lib.TrainConfig(env=config_lib.EnvConfig("Pong-v5", num_envs=4),
+                                    num_actor_threads=2)
+  assert [c.env_id for c in actor_lib.env_configs(one_game, 0)] == ["Pong-v5"] * 2
+  assert not any(c.full_action_space for c in actor_lib.env_configs(one_game, 0))
+  assert actor_lib.actor_task(one_game, 1) == 0
+
+
+def test_an_actors_unrolls_and_episodes_carry_its_task():
+  env_config = config_lib.EnvConfig("CartPole-v1", num_envs=2, seed=3)
+  assembler = batch_assembler.BatchAssembler(batch_size=1, capacity=4)
+  episodes = []
+  actor = actor_lib.Actor(1, env_config, FakeClient(), assembler, T,
+                          on_episode=episodes.append, task=2)
+  tasks = []
+  actor.start()
+  try:
+    while len(tasks) < 6 or not episodes:
+      batch = assembler.get(timeout=60)
+      assert batch is not None, "no unroll within 60 s"
+      tasks.append(np.copy(batch.unroll.task))
+      batch.release()
+  finally:
+    actor.close()
+  assert actor.error is None
+  assert all(t.shape == (T + 1, 1) and (t == 2).all() for t in tasks)
+  assert {e.task for e in episodes} == {2}

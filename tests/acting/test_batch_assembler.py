@@ -181,3 +181,31 @@ def test_environments_out_of_step_hand_over_their_own_columns():
   np.testing.assert_array_equal(batch.unroll.policy_version[:, 0], [0, 1, 3, 5])
   np.testing.assert_array_equal(buffer.block.policy_version[:2, 0], [5, 8])
   assert assembler.get(timeout=1).unroll.policy_version[0, 0] == 2  # Then 2 and 3.
+
+
+def test_two_tasks_writers_share_buffers_and_every_column_keeps_its_own_task():
+  # Buffers go round: a free block handed to task 1's writer was task 0's batch before.
+  assembler = batch_assembler.BatchAssembler(batch_size=4, capacity=1, reader_buffers=1)
+  buffers = [unroll_buffer.UnrollBuffer(T, 4, SPEC, task=task) for task in (0, 1)]
+  task_of = {id(buffer): task for buffer, task in zip(buffers, (0, 1))}
+  for buffer, task in zip(buffers, (0, 1)):
+    np.testing.assert_array_equal(buffer.block.task, np.full((T + 1, 4), task))
+  for round_ in range(3):  # Whole blocks (lockstep), alternating writers.
+    for buffer in buffers:
+      for version in range(1 if round_ else 0, T + 1):  # Step 0 is the previous step T.
+        _, complete = _write_step(buffer, np.arange(4), version)
+      assert buffer.hand_over(complete, assembler, NEVER)
+      batch = assembler.get(timeout=1)
+      assert batch.unroll.task.dtype == np.int32 and batch.unroll.task.shape == (T + 1, 4)
+      np.testing.assert_array_equal(batch.unroll.task, task_of[id(buffer)])
+      batch.release()
+      np.testing.assert_array_equal(buffer.block.task, task_of[id(buffer)])
+  # Columns copied into a shared batch (out of step): each keeps its writer's task.
+  assembler = batch_assembler.BatchAssembler(batch_size=4, capacity=2)
+  buffers = [unroll_buffer.UnrollBuffer(T, 2, SPEC, task=task) for task in (0, 1)]
+  for buffer in buffers:
+    for version in range(T + 1):
+      _, complete = _write_step(buffer, np.array([1, 0]), version)
+    assert buffer.hand_over(complete, assembler, NEVER)
+  batch = assembler.get(timeout=1)
+  np.testing.assert_array_equal(batch.unroll.task, np.array([[0, 0, 1, 1]] * (T + 1)))

@@ -7,6 +7,7 @@ reached it, that forged scores did not end it, and that the honest host exits 0 
 ends.
 """
 
+import csv
 import os
 import re
 import threading
@@ -35,8 +36,8 @@ CONTROL = os.path.join(REPO, "experiments", "control.py")
 
 
 def _episodes(logdir):
-  with open(os.path.join(logdir, "episodes.csv"), encoding="utf-8") as f:
-    return [line.strip().split(",") for line in f.readlines()[1:]]
+  with open(os.path.join(logdir, "episodes.csv"), encoding="utf-8", newline="") as f:
+    return list(csv.DictReader(f))
 
 
 # -- env hosts (gRPC) -----------------------------------------------------------------------
@@ -144,8 +145,8 @@ def test_bad_env_hosts_neither_end_nor_fake_the_run_and_hosts_exit_at_its_end(tm
   for host_id in (b"F" * 16, b"G" * 16):
     forger = f"env host {host_id.hex()[:8]}"
     assert f"{forger} 32 games 1000000.00" in log
-    forged = [r for r in _episodes(logdir) if r[-1] == forger]
-    assert len(forged) == 32 and all(float(r[2]) == 1e6 for r in forged)
+    forged = [r for r in _episodes(logdir) if r["source"] == forger]
+    assert len(forged) == 32 and all(float(r["episode_return"]) == 1e6 for r in forged)
 
 
 # -- actor hosts (Redis) --------------------------------------------------------------------
@@ -160,7 +161,8 @@ def _push_bad_blobs(redis_server):
                         truncated=np.zeros((n, 1), bool), first=np.zeros((n, 1), bool),
                         action=np.full((n, 1), 5, np.int32),  # CartPole has 2 actions.
                         behaviour_log_prob=np.zeros((n, 1), np.float32),
-                        policy_version=np.zeros((n, 1), np.int32), core_state=())
+                        policy_version=np.zeros((n, 1), np.int32),
+                        task=np.zeros((n, 1), np.int32), core_state=())
   schema = codecs.unroll_schema(SPEC, 10, ())
   store.push_unrolls([codecs.encode_unroll(unroll, schema, host_id=0xBAD)] * 3)
   store.push_episodes(codecs.encode_episodes([types.EpisodeStats(1e9, 1)], host_id=0xBAD))
@@ -205,6 +207,6 @@ def test_actor_hosts_take_the_learners_settings_survive_oom_and_exit_at_the_end(
   assert int(float(last["env_steps"])) >= BUDGET
   assert int(last["value_violations"]) == 2 and int(last["evicted_hosts"]) == 1
   assert int(last["evicted_blobs"]) >= 1  # The third bad unroll, or the forged episode.
-  sources = {r[-1] for r in _episodes(logdir)}
+  sources = {r["source"] for r in _episodes(logdir)}
   assert len(sources) == 1 and next(iter(sources)).startswith("actor host ")
   assert "actor host 0000000000000bad" not in sources  # Its forged game was dropped.

@@ -66,7 +66,18 @@ def _unroll(seed, version=0, core_state=()):
       first=rng.random((n, 1)) < 0.2,
       action=rng.integers(0, 2, (n, 1)).astype(np.int32),
       behaviour_log_prob=-np.abs(rng.normal(size=(n, 1))).astype(np.float32),
-      policy_version=np.full((n, 1), version, np.int32), core_state=core_state)
+      policy_version=np.full((n, 1), version, np.int32), task=np.zeros((n, 1), np.int32),
+      core_state=core_state)
+
+
+def test_unrolls_cross_the_wire_as_task_0_and_other_tasks_are_refused():
+  schema = codecs.unroll_schema(SPEC, T, ())
+  decoded, _ = codecs.decode_unroll(codecs.encode_unroll(_unroll(0), schema), schema, ())
+  assert decoded.task.shape == (T + 1, 1) and decoded.task.dtype == np.int32
+  assert not decoded.task.any()
+  other_task = _unroll(0)._replace(task=np.ones((T + 1, 1), np.int32))
+  with pytest.raises(ValueError, match="Only task 0's unrolls cross the wire"):
+    codecs.encode_unroll(other_task, schema)
 
 
 def _lstm_state(seed):

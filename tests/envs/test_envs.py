@@ -129,6 +129,79 @@ def test_non_atari_tasks_get_no_atari_kwargs():
 
 
 # ------------------------------------------------------------------------------------------
+# Several games: a multi-task run's environments.
+
+
+def test_several_games_are_tasks_each_played_with_the_full_action_space():
+  config = EnvConfig("Pong-v5,Breakout-v5", num_envs=2, image_size=42)
+  assert config.tasks == ("Pong-v5", "Breakout-v5") and config.num_tasks == 2
+  assert config.multi_task and not config.full_action_space
+  breakout = config.task_config(1)
+  assert breakout.env_id == "Breakout-v5" and breakout.full_action_space
+  assert breakout.num_envs == 2 and breakout.image_size == 42 and not breakout.multi_task
+  spec = envs.env_spec(config)  # One spec for both: the network's.
+  assert spec.num_actions == 18 and spec.num_tasks == 2
+  assert spec.observation_shape == (4, 42, 42) and spec.family is envs.EnvFamily.ATARI
+  for task in range(2):
+    env = envs.make_env(config.task_config(task))
+    try:
+      assert env.spec.config.full_action_space
+      assert envs.env_spec(env) == spec._replace(num_tasks=1)
+    finally:
+      env.close()
+  # A pool plays one game.
+  with pytest.raises(ValueError, match="A pool plays one game, not 'Pong-v5,Breakout-v5'"):
+    envs.make_env(config)
+
+
+def test_one_game_keeps_its_minimal_action_set():
+  config = EnvConfig("Pong-v5")
+  assert config.tasks == ("Pong-v5",) and not config.multi_task
+  assert config.task_config(0) is config
+  spec = envs.env_spec(config)
+  assert spec.num_actions == 6 and spec.num_tasks == 1
+  assert envs.envpool_envs.envpool_kwargs(config)["full_action_space"] is False
+  with pytest.raises(ValueError, match=r"task must be in \[0, 1\), got 1"):
+    config.task_config(1)
+
+
+@pytest.mark.parametrize("env_id, message", [
+    ("Pong-v5,,Breakout-v5", "Bad game '' in env_id 'Pong-v5,,Breakout-v5'"),
+    ("Pong-v5,", "Bad game '' in env_id 'Pong-v5,'"),
+    ("Pong-v5, Breakout-v5", "Bad game ' Breakout-v5'"),
+    ("Pong-v5,impala_jax.envs.examples:make_corridor",
+     "Bad game 'impala_jax.envs.examples:make_corridor'"),
+    ("Pong-v5,Breakout-v5,Pong-v5", "lists Pong-v5 more than once"),
+    ("", "env_id must be one EnvPool task id"),
+])
+def test_a_malformed_list_of_games_names_the_bad_entry_and_the_accepted_form(env_id, message):
+  with pytest.raises(ValueError) as error:
+    EnvConfig(env_id)
+  assert message in str(error.value)
+  if "more than once" not in message:
+    assert "Atari games separated by commas without spaces, e.g. 'Pong-v5,Breakout-v5'" in (
+        str(error.value))
+
+
+def test_every_game_is_checked_to_be_an_envpool_atari_game():
+  with pytest.raises(ValueError, match=r"Unknown EnvPool task 'Breakoutt-v5'. Did you mean: "
+                     r"Breakout-v5"):
+    envs.env_spec(EnvConfig("Pong-v5,Breakoutt-v5"))
+  with pytest.raises(ValueError) as error:
+    envs.env_spec(EnvConfig("Pong-v5,CartPole-v1"))
+  assert str(error.value) == (
+      "A multi-task run takes Atari games only; 'CartPole-v1' in --env=Pong-v5,CartPole-v1 is "
+      "not one (its family: envpool). Accepted: EnvPool Atari ids separated by commas, e.g. "
+      "Pong-v5,Breakout-v5.")
+
+
+def test_a_trackers_episodes_carry_its_task():
+  tracker = envs.EpisodeTracker(num_envs=2, family=envs.EnvFamily.ENVPOOL, task=3)
+  assert _update(tracker, [0, 1], [1.0, 2.0], [1, 0], [0, 0], _info([4, 4])) == [
+      EpisodeStats(1.0, 4, task=3)]
+
+
+# ------------------------------------------------------------------------------------------
 # Atari semantics: clipped reward, life loss, info["terminated"].
 
 

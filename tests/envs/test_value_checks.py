@@ -78,7 +78,7 @@ def _unroll(**overrides):
       terminated=np.zeros((n, 1), bool), truncated=np.zeros((n, 1), bool),
       first=np.zeros((n, 1), bool), action=np.ones((n, 1), np.int32),
       behaviour_log_prob=np.full((n, 1), -0.7, np.float32),
-      policy_version=np.zeros((n, 1), np.int32),
+      policy_version=np.zeros((n, 1), np.int32), task=np.zeros((n, 1), np.int32),
       core_state=(np.zeros((1, 8), np.float32),))
   return unroll._replace(**overrides)
 

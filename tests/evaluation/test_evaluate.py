@@ -58,13 +58,11 @@ def lstm_run(tmp_path_factory):
   return config
 
 
-@pytest.fixture(scope="module")
-def pong_run(tmp_path_factory):
-  """Initial parameters saved as training saves them; the config only in config.json."""
-  logdir = tmp_path_factory.mktemp("pong")
-  config = config_lib.TrainConfig(
-      env=config_lib.EnvConfig("Pong-v5", num_envs=4, max_episode_steps=20, image_size=42),
-      network=config_lib.NetworkConfig("shallow"), logdir=str(logdir))
+def _initial_checkpoint(logdir, env_config):
+  """A run of `env_config` whose checkpoint 7 holds initial parameters, saved as training saves
+  them; the config only in config.json."""
+  config = config_lib.TrainConfig(env=env_config, network=config_lib.NetworkConfig("shallow"),
+                                  logdir=str(logdir))
   spec = envs.env_spec(config.env)
   network = networks.network_for_spec(config.network, spec)
   params = networks.init_params(network, spec, config.seed)
@@ -76,6 +74,18 @@ def pong_run(tmp_path_factory):
   with open(os.path.join(logdir, "config.json"), "w") as f:
     json.dump(dataclasses.asdict(config), f)
   return config
+
+
+@pytest.fixture(scope="module")
+def pong_run(tmp_path_factory):
+  return _initial_checkpoint(tmp_path_factory.mktemp("pong"), config_lib.EnvConfig(
+      "Pong-v5", num_envs=4, max_episode_steps=20, image_size=42))
+
+
+@pytest.fixture(scope="module")
+def two_games_run(tmp_path_factory):
+  return _initial_checkpoint(tmp_path_factory.mktemp("two_games"), config_lib.EnvConfig(
+      "Pong-v5,Breakout-v5", num_envs=4, max_episode_steps=20, image_size=42))
 
 
 def _evaluate(*args):
@@ -206,6 +216,34 @@ def test_pong_evaluation_scores_human_normalised_with_an_rgb_gif(pong_run, tmp_p
     durations = [frame.info["duration"] for frame in PIL.ImageSequence.Iterator(gif)]
   assert len(durations) == len(frames) <= 21
   assert sum(durations) == 21 * video_lib.gif_frame_ms(60 / 4) == 21 * 70
+
+
+def test_a_multi_task_run_is_evaluated_on_each_game_with_the_full_action_space(two_games_run,
+                                                                              tmp_path):
+  policy = policy_lib.load_policy(two_games_run.logdir)
+  assert policy.spec.num_actions == 18 and policy.spec.num_tasks == 2
+  output = tmp_path / "two.json"
+  result = _evaluate(f"--logdir={two_games_run.logdir}", "--episodes=2", "--num_envs=1",
+                     f"--output={output}")
+  assert result.returncode == 0, result.stderr
+  report = _read_json(output)
+  assert report["env_id"] == "Pong-v5,Breakout-v5" and report["num_games"] == 2
+  games = report["games"]
+  assert list(games) == ["Pong-v5", "Breakout-v5"]
+  hns = []
+  for env_id, game in games.items():
+    assert game["env_id"] == env_id and game["num_episodes"] == 2
+    assert game["env_settings"]["full_action_space"] is True
+    assert game["env_settings"]["reward_clip"] is False
+    assert [e["episode_length"] for e in game["episodes"]] == [20, 20]
+    mean = np.mean([e["episode_return"] for e in game["episodes"]])
+    assert game["human_normalized_score"]["mean"] == pytest.approx(
+        atari_scores.human_normalized_score(env_id, mean))
+    hns.append(game["human_normalized_score"]["mean"])
+  assert report["median_human_normalized_score"] == pytest.approx(np.median(hns))
+  assert "Pong-v5, checkpoint 7" in result.stdout and "Breakout-v5, checkpoint 7" in (
+      result.stdout)
+  assert "2 games: median human-normalised score" in result.stdout
 
 
 def test_middle_frame_of_a_stream_of_unknown_length():

@@ -83,3 +83,31 @@ def test_labels_group_runs_and_bad_patterns_fail(tmp_path):
   assert result.stdout.count("Pong-v5 slow:") == 2 and result.stdout.count("Pong-v5 fast:") == 2
   result = _plot(f"--logdirs={tmp_path}/nothing_here_*")
   assert result.returncode != 0 and "No run directory matches" in result.stderr
+
+
+def test_a_multi_task_run_gives_a_curve_per_game_and_their_aggregate(tmp_path):
+  logdir = tmp_path / "multi"
+  os.makedirs(logdir)
+  games = ("Pong-v5", "Breakout-v5")
+  with open(logdir / "config.json", "w") as f:
+    json.dump({"env": {"env_id": ",".join(games), "frame_skip": 4}}, f)
+  rng = np.random.default_rng(0)
+  scores = {game: [] for game in games}
+  with open(logdir / "episodes.csv", "w") as f:
+    f.write("env_steps,wall_seconds,episode_return,episode_length,source,game\n")
+    for i in range(240):  # The games alternate; Breakout learns twice as fast.
+      game = games[i % 2]
+      ref = atari_scores.reference_scores(game)
+      steps = 2_000 * (1 + i // 4)
+      hns = (1 + i % 2) * 0.5 * steps / 100_000 + rng.normal(0, 0.02)
+      scores[game].append(round(ref.random + hns * (ref.human - ref.random), 2))
+      f.write(f"{steps},{steps / 1000:.3f},{scores[game][-1]:.2f},{500 + i},local,{game}\n")
+  result = _plot(f"--logdir={logdir}", "--bootstrap_reps=200")
+  assert result.returncode == 0, result.stderr
+  _assert_png(logdir / "learning_curve.png")
+  _assert_png(logdir / "learning_curve_aggregate.png")
+  # One curve per game, under the run's label: the mean of that game's own last 20 games.
+  for game in games:
+    assert f"{game} multi: {logdir}: 60 points (episodes.csv), last score " + (
+        f"{np.mean(scores[game][-20:]):.2f}") in result.stdout, result.stdout
+  assert "multi    iqm" in result.stdout  # The aggregate over the run's two games.

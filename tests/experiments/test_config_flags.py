@@ -33,7 +33,7 @@ import dataclasses, importlib, json, sys
 sys.path.insert(0, sys.argv[1])
 from absl import flags
 importlib.import_module("experiments." + sys.argv[2])
-flags.FLAGS(["prog"])
+flags.FLAGS(["prog"] + sys.argv[3:])
 from experiments import common
 config = common.config_from_flags()
 values = {name: flags.FLAGS[name].value for name in flags.FLAGS}
@@ -72,8 +72,8 @@ def test_every_config_field_has_a_flag_or_a_reason_for_none():
         f"{sorted((with_flag | without) - fields)}")
 
 
-def _parse_defaults(script):
-  result = subprocess.run([sys.executable, "-c", _DEFAULTS_OF, REPO, script],
+def _parse_defaults(script, *args):
+  result = subprocess.run([sys.executable, "-c", _DEFAULTS_OF, REPO, script, *args],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
   assert result.returncode == 0, result.stderr[-3000:]
   return json.loads(result.stdout.strip().splitlines()[-1])
@@ -120,3 +120,43 @@ def test_a_script_default_for_an_unknown_flag_is_refused():
   from experiments import common  # pylint: disable=import-outside-toplevel
   with pytest.raises(ValueError, match=r"unknown flags: \['entropy_bonus'\]"):
     common._Defaults(dict(entropy_bonus=0.1))  # pylint: disable=protected-access
+
+
+def test_a_list_of_games_and_unclipped_rewards_parse_into_the_env_config():
+  parsed = _parse_defaults("atari", "--env=Pong-v5,Breakout-v5", "--num_actor_threads=4",
+                           "--noreward_clip")
+  env = parsed["config"]["env"]
+  assert env["env_id"] == "Pong-v5,Breakout-v5" and env["reward_clip"] is False
+  assert env["full_action_space"] is False  # Set per game, by EnvConfig.task_config.
+  assert config_lib.EnvConfig(env["env_id"]).tasks == ("Pong-v5", "Breakout-v5")
+
+
+def _two_games(**kwargs):
+  return config_lib.TrainConfig(env=config_lib.EnvConfig("Pong-v5,Breakout-v5"), **kwargs)
+
+
+def test_a_multi_task_run_needs_as_many_threads_for_every_game():
+  assert _two_games(num_actor_threads=4).env.num_tasks == 2
+  for threads in (1, 3):
+    with pytest.raises(ValueError) as error:
+      _two_games(num_actor_threads=threads)
+    assert str(error.value) == (
+        f"num_actor_threads={threads} does not split over the 2 games of "
+        "--env=Pong-v5,Breakout-v5: thread k plays game k mod 2, so use a multiple of 2 (e.g. "
+        "--num_actor_threads=2).")
+
+
+@pytest.mark.parametrize("kwargs, flag", [
+    (dict(remote_envs=config_lib.RemoteEnvConfig(listen="127.0.0.1:0")), "--listen"),
+    (dict(num_actor_threads=0, trajectory_store=config_lib.TrajectoryStoreConfig(
+        url="redis://127.0.0.1:6379/0")), "--trajectory_store"),
+    (dict(multihost=config_lib.MultiHostConfig(coordinator_address="127.0.0.1:1234",
+                                               num_processes=2, process_id=0)),
+     "--num_processes > 1"),
+])
+def test_a_multi_task_run_refuses_remote_data_for_now(kwargs, flag):
+  with pytest.raises(ValueError) as error:
+    _two_games(**kwargs)
+  assert str(error.value) == (
+      "A multi-task run (--env=Pong-v5,Breakout-v5) plays on this process's own actor threads "
+      f"only; {flag} is not supported with several games yet.")

@@ -42,6 +42,7 @@ def make_unroll(rng: np.random.Generator, use_lstm=False, lstm_size=8) -> types.
       action=rng.integers(0, NUM_ACTIONS, size=(T + 1, 1)).astype(np.int32),
       behaviour_log_prob=np.log(rng.uniform(0.2, 0.8, size=(T + 1, 1))).astype(np.float32),
       policy_version=np.full((T + 1, 1), 3, np.int32),
+      task=np.zeros((T + 1, 1), np.int32),
       core_state=core_state)
 
 
@@ -87,6 +88,31 @@ def test_transfer_splits_the_batch_axis_over_devices():
   assert one.shape == (1,) + batch.observation.shape and np.shares_memory(one, batch.observation)
 
 
+def _with_tasks(batch: types.Unroll, tasks) -> types.Unroll:
+  """`batch` with column b playing task `tasks[b]` (constant along time, as actors write it)."""
+  return batch._replace(task=np.broadcast_to(np.asarray(tasks, np.int32),
+                                             batch.task.shape).copy())
+
+
+def test_the_task_of_every_column_reaches_transitions_minibatches_and_devices():
+  from impala_jax.learning import learner as learner_module  # pylint: disable=g-import-not-at-top
+  from impala_jax.learning import update as update_lib  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  batch = _with_tasks(stack_unrolls([make_unroll(rng) for _ in range(4)]), [0, 1, 0, 1])
+  assert batch.task.shape == (T + 1, 4) and batch.task.dtype == np.int32
+  transitions = learner_lib.learner_inputs(jax.tree.map(jnp.asarray, batch), discount=0.9)
+  assert transitions.task.shape == (T, 4) and transitions.task.dtype == jnp.int32
+  np.testing.assert_array_equal(transitions.task, np.tile([0, 1, 0, 1], (T, 1)))
+  chosen = update_lib._select_unrolls(jax.tree.map(jnp.asarray, batch), jnp.array([3, 1, 2]))
+  np.testing.assert_array_equal(chosen.task, np.tile([1, 1, 0], (T + 1, 1)))
+  per_device = learner_module.split_over_devices(batch.task, 2, axis=1)
+  np.testing.assert_array_equal(per_device[1], np.tile([0, 1], (T + 1, 1)))
+  # A run of one task: all zeros, as the actors' buffers start.
+  single = learner_lib.learner_inputs(
+      jax.tree.map(jnp.asarray, stack_unrolls([make_unroll(rng) for _ in range(2)])), 0.9)
+  np.testing.assert_array_equal(single.task, np.zeros((T, 2), np.int32))
+
+
 def _config(**kwargs):
   defaults = dict(
       network=config_lib.NetworkConfig(torso="mlp", mlp_hidden_sizes=(16,)),
@@ -110,6 +136,15 @@ def _learner(config, devices=None, seed=0, apply_fn=None):
       apply_fn or network.apply, params, optimizer, config.loss, num_epochs=config.num_epochs,
       num_minibatches=config.num_minibatches, seed=config.seed,
       unroll_steps=network.convolutional, devices=devices)
+
+
+def test_a_batch_of_two_tasks_updates_with_minibatches():
+  config = _config(num_minibatches=2)
+  learner = _learner(config)
+  rng = np.random.default_rng(1)
+  batch = _with_tasks(stack_unrolls([make_unroll(rng) for _ in range(4)]), [1, 0, 1, 0])
+  metrics = learner.step(batch)
+  assert metrics["finite"] == 1.0 and learner.update_step == 1
 
 
 def test_updates_reduce_the_loss_on_a_fixed_batch_and_count_steps():

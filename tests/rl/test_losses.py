@@ -48,6 +48,8 @@ def _arguments(inputs):
     policy = distributions.Categorical(inputs.pop("logits"))
   else:
     policy = distributions.DiagGaussian(inputs.pop("mean"), inputs.pop("log_std"))
+  # A run of one task unless the inputs say otherwise: the objectives do not read it.
+  inputs.setdefault("task", jnp.zeros(inputs["mask"].shape, jnp.int32))
   transitions = types.Transitions(**{name: inputs.pop(name) for name in types.Transitions._fields})
   return policy, inputs.pop("values"), inputs.pop("bootstrap_value"), transitions, inputs
 

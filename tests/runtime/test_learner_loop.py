@@ -175,7 +175,7 @@ def test_a_stop_while_an_update_runs_lets_it_finish_before_its_batch_goes_back()
 
 
 def test_a_non_finite_update_on_non_finite_data_blames_the_data():
-  unroll = types.Unroll(*(np.zeros((3, 1), np.float32) for _ in range(8)), core_state=())
+  unroll = types.Unroll(*(np.zeros((3, 1), np.float32) for _ in range(9)), core_state=())
   unroll = unroll._replace(reward=np.array([[0.0], [np.nan], [0.0]], np.float32))
   cause = learner_loop._likely_cause(unroll)  # pylint: disable=protected-access
   assert cause.startswith("The batch itself holds NaN or infinite values (in reward): the "

@@ -37,3 +37,12 @@ def test_the_rolling_score_is_the_score_the_run_logs():
 def test_row_ends_are_the_last_game_written_at_each_metrics_row():
   assert scores_lib.row_ends([100, 100, 200, 300, 300, 300]).tolist() == [1, 2, 5]
   assert scores_lib.row_ends([]).tolist() == []
+
+
+def test_each_task_keeps_the_score_of_its_own_last_games():
+  scores = scores_lib.Scores(window=2, previous=[types.EpisodeStats(9.0, 1, task=1)])
+  scores.add([types.EpisodeStats(1.0, 1, task=0), types.EpisodeStats(3.0, 1, task=1),
+              types.EpisodeStats(5.0, 1, task=1)])
+  assert scores.by_task() == {1: 4.0, 0: 1.0}  # Task 1's last two: 3 and 5.
+  assert scores.by_task(full=True) == {1: 4.0}  # Task 0 has one game of a window of two.
+  assert scores.mean() == 4.0  # The overall score: the last two games of any task.

@@ -27,6 +27,7 @@ class _Episodes:
   def __init__(self, previous_returns=()):
     self.previous_returns = list(previous_returns)
     self.previous_sources = ["local"] * len(self.previous_returns)
+    self.previous_tasks = [0] * len(self.previous_returns)
 
   def write(self, env_steps, wall_seconds, episodes):
     pass
@@ -150,3 +151,63 @@ def test_sources_are_bounded_and_the_least_recent_forgotten():
   scores.add([types.EpisodeStats(5.0, 1, "b")])
   scores.add([types.EpisodeStats(1.0, 1, "e")])
   assert sorted(scores.by_source()) == ["b", "d"]  # c was heard from least recently.
+
+
+def _hns(env_id, score):
+  return atari_scores.human_normalized_score(env_id, score)
+
+
+def test_a_multi_task_row_has_each_games_score_and_hns_and_their_median():
+  telemetry, rows, episodes = _telemetry("Pong-v5,Breakout-v5")
+  telemetry.record({"loss": 1.0}, env_steps=10)  # No game finished yet.
+  assert rows[0]["recent_episode_return/Pong-v5"] is None
+  assert rows[0]["recent_human_normalized_score/Breakout-v5"] is None
+  assert rows[0]["recent_human_normalized_score"] is None  # In the CSV header from row one.
+  episodes.put(types.EpisodeStats(-21.0, 800, task=0))
+  episodes.put(types.EpisodeStats(-19.0, 800, task=0))
+  telemetry.record({"loss": 1.0}, env_steps=20)
+  assert rows[1]["recent_episode_return/Pong-v5"] == -20.0
+  assert rows[1]["recent_human_normalized_score/Pong-v5"] == _hns("Pong-v5", -20.0)
+  assert rows[1]["recent_episode_return/Breakout-v5"] is None
+  assert rows[1]["recent_human_normalized_score"] is None  # Breakout has no score yet.
+  episodes.put(types.EpisodeStats(10.0, 300, task=1))
+  telemetry.record({"loss": 1.0}, env_steps=30)
+  telemetry.flush(30)
+  assert rows[2]["recent_episode_return/Breakout-v5"] == 10.0
+  median = (_hns("Pong-v5", -20.0) + _hns("Breakout-v5", 10.0)) / 2  # Of two: their mean.
+  assert rows[2]["recent_human_normalized_score"] == pytest.approx(median)
+  assert rows[2]["recent_episode_return"] == pytest.approx((-21.0 - 19.0 + 10.0) / 3)
+
+
+def test_a_multi_task_stop_score_is_the_median_hns_once_every_game_has_a_window():
+  window = telemetry_lib.RECENT_EPISODES
+  telemetry, rows, episodes = _telemetry("Pong-v5,Breakout-v5")
+  for _ in range(window):
+    episodes.put(types.EpisodeStats(14.6, 800, task=0))  # Pong's human score: HNS 1.
+  for _ in range(window - 1):
+    episodes.put(types.EpisodeStats(1.7, 300, task=1))  # Breakout's random score: HNS 0.
+  telemetry.record({"loss": 1.0}, env_steps=10)
+  assert rows[-1]["stop_score"] is None  # Breakout is one game short of its window.
+  assert not telemetry.score_reached(0.4)
+  episodes.put(types.EpisodeStats(1.7, 300, task=1))
+  telemetry.record({"loss": 1.0}, env_steps=20)
+  assert rows[-1]["stop_score"] == pytest.approx(0.5)
+  assert telemetry.score_reached(0.4) and not telemetry.score_reached(0.6)
+
+
+def test_a_resumed_multi_task_run_scores_each_games_earlier_games():
+  rows = _Rows()
+  previous = _Episodes([14.6, 1.7, 1.7])
+  previous.previous_tasks = [0, 1, 1]
+  episodes = queue.SimpleQueue()
+  config = config_lib.TrainConfig(env=config_lib.EnvConfig("Pong-v5,Breakout-v5"),
+                                  total_env_steps=100, log_interval_seconds=0.0)
+  telemetry = telemetry_lib.Telemetry(
+      config, writer=rows, episode_writer=previous, episodes=episodes,
+      phases=telemetry_lib.PhaseTimer([]), gauges=dict, env_steps=0,
+      start_time=time.monotonic(), show_progress=False)
+  episodes.put(types.EpisodeStats(30.7, 300, task=1))
+  telemetry.record({"loss": 1.0}, env_steps=10)
+  assert rows.rows[-1]["recent_episode_return/Pong-v5"] == 14.6
+  assert rows.rows[-1]["recent_episode_return/Breakout-v5"] == pytest.approx(
+      (1.7 + 1.7 + 30.7) / 3)

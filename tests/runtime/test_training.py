@@ -170,6 +170,60 @@ def test_checkpoints_without_popart_keep_their_layout_and_mismatches_are_named(t
   checkpointer.close()
 
 
+def test_two_games_train_in_one_run_with_a_task_per_column_and_scores_per_game(
+    tmp_path, monkeypatch):
+  """Pong and Breakout in one run: every batch column carries its game's task id (told apart
+  by the frames themselves: Pong's are far brighter), each game has its own scores, and with
+  PopArt its own value statistics."""
+  seen = []
+  transfer = learning.Learner.transfer
+
+  def recording_transfer(self, batch):
+    brightness = batch.observation.mean(axis=(0, 2, 3, 4))  # [B]
+    seen.append((np.array(batch.task), brightness,
+                 learning.learner_inputs(batch, 0.99).task.shape))
+    return transfer(self, batch)
+
+  monkeypatch.setattr(learning.Learner, "transfer", recording_transfer)
+  config = config_lib.TrainConfig(
+      env=config_lib.EnvConfig("Pong-v5,Breakout-v5", num_envs=4, seed=1, image_size=42,
+                               max_episode_steps=60),
+      network=config_lib.NetworkConfig("shallow"), num_actor_threads=2, unroll_length=20,
+      batch_size=8, queue_capacity=16, total_env_steps=4_000, logdir=str(tmp_path / "two"),
+      log_interval_seconds=0.5,
+      popart=config_lib.PopArtConfig(enabled=True, step_size=1e-3, num_tasks=2))
+  summary = runtime.train(config, show_progress=False)
+  assert summary.stop_reason == "completed"
+  # Each game's statistics moved from their start (μ = 0, ν = 1) on its own targets.
+  learner = runtime.make_learner(*_network_and_params(config), config)
+  checkpointer = checkpoint_lib.Checkpointer(os.path.join(config.logdir, "checkpoints"))
+  saved, _ = checkpointer.restore(learner.state())
+  checkpointer.close()
+  assert saved.popart.shift.shape == (2,)
+  assert (saved.popart.shift != 0).all() and (saved.popart.second_moment != 1).all()
+  assert saved.popart.shift[0] != saved.popart.shift[1]
+
+  assert seen
+  for task, brightness, transitions_shape in seen:
+    assert task.shape == (21, 8) and task.dtype == np.int32
+    assert (task == task[0]).all()  # Constant along time.
+    np.testing.assert_array_equal(task[0], np.where(brightness > 75, 0, 1))  # Pong is task 0.
+    assert transitions_shape == (20, 8)
+  assert {int(t) for task, _, _ in seen for t in task[0]} == {0, 1}
+
+  with open(os.path.join(config.logdir, "episodes.csv"), newline="") as f:
+    games = [r["game"] for r in csv.DictReader(f)]
+  assert set(games) == {"Pong-v5", "Breakout-v5"}
+  last = read_metrics(config.logdir)[-1]
+  for game in ("Pong-v5", "Breakout-v5"):
+    assert last[f"recent_episode_return/{game}"] != ""
+    assert last[f"recent_human_normalized_score/{game}"] != ""
+  hns = sorted(float(last[f"recent_human_normalized_score/{game}"])
+               for game in ("Pong-v5", "Breakout-v5"))
+  assert float(last["recent_human_normalized_score"]) == pytest.approx(np.median(hns))
+  assert _no_stray_threads()[0]
+
+
 def test_refuses_to_overwrite_a_run_without_resume(tmp_path):
   config = small_pong_config(tmp_path / "pong", )
   config = dataclasses.replace(config, total_env_steps=160)
@@ -259,6 +313,17 @@ def test_sigterm_during_a_run_exits_within_seconds_with_a_checkpoint(tmp_path):
     (["--num_minibatches=3"], "batch_size=32 is not divisible by num_minibatches=3"),
     (["--popart", "--popart_step_size=0.01"],
      "popart_step_size=0.01 times the 640 value targets of one optimizer step"),
+    # Several games: each one an Atari game EnvPool knows, as many threads for each.
+    (["--env=Pong-v5,Breakoutt-v5", "--num_actor_threads=2"],
+     "Unknown EnvPool task 'Breakoutt-v5'. Did you mean: Breakout-v5"),
+    (["--env=Pong-v5,CartPole-v1", "--num_actor_threads=2"],
+     "A multi-task run takes Atari games only; 'CartPole-v1'"),
+    (["--env=Pong-v5,Breakout-v5", "--num_actor_threads=3"],
+     "num_actor_threads=3 does not split over the 2 games of --env=Pong-v5,Breakout-v5"),
+    (["--env=Pong-v5,Breakout-v5", "--num_actor_threads=2", "--listen=127.0.0.1:0"],
+     "--listen is not supported with several games yet"),
+    (["--env=Pong-v5,Tetris-v5", "--num_actor_threads=2", "--stop_at_score=1"],
+     "Tetris-v5 has no reference scores"),
 ])
 def test_bad_input_exits_nonzero_with_a_clear_message(tmp_path, args, message):
   cmd = [sys.executable, os.path.join(REPO, "experiments", "atari.py"),
@@ -325,7 +390,7 @@ def test_cartpole_is_solved_within_300k_steps_through_the_control_script(tmp_pat
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_state(tmp_path, monkeypatch):
   from impala_jax.learning import learner as learner_lib
 
-  real_finish = learner_lib.Learner.finish
+  real_finish = learning.Learner.finish
   calls = {"n": 0}
 
   def finish_that_diverges(self, pending):
@@ -336,7 +401,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_state(tmp_path, m
     # What the pmapped update reports for a NaN loss: the update was not applied.
     return {"finite": 0.0, "loss": float("nan"), "grad_norm": float("nan")}
 
-  monkeypatch.setattr(learner_lib.Learner, "finish", finish_that_diverges)
+  monkeypatch.setattr(learning.Learner, "finish", finish_that_diverges)
   config = dataclasses.replace(small_pong_config(tmp_path / "nan"), total_env_steps=10**6)
   with pytest.raises(FloatingPointError, match="non-finite at update 2"):
     runtime.train(config, show_progress=False)
