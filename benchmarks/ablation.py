@@ -18,7 +18,7 @@ seeds, and each seed), the mean score over the run (the area under the score cur
 the budget: it counts how soon a run learned, and is less noisy than the final score), and the
 measured policy lag (metrics.csv `policy_lag`, mean over the rows of the run's second half);
 a PNG with one panel per delay, score against frames, one colour per correction (mean and
-min–max over seeds); and everything as JSON.
+min–max over seeds); and the numbers as JSON (without the curves).
 """
 
 import json
@@ -115,6 +115,15 @@ def summarize(output_dir: str) -> Dict[str, Any]:
   return {"threshold": float("inf"), "configs": cells}
 
 
+def without_curves(report: Mapping[str, Any]) -> Dict[str, Any]:
+  """The report without each run's score curve (thousands of games; the PNG draws them, and
+  `--summarize_only` recomputes them from the runs)."""
+  cells = {name: {**c, "runs": {seed: {k: v for k, v in r.items() if k != "curve"}
+                                for seed, r in c["runs"].items()}}
+           for name, c in report["configs"].items()}
+  return {**report, "configs": cells}
+
+
 def format_table(report: Mapping[str, Any]) -> str:
   """A markdown table: one row per correction, per delay the final and mean scores and lag."""
   cells = report["configs"]
@@ -190,7 +199,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"No runs with an episodes.csv under {f.output_dir}.")
   print(format_table(report))
   with open(os.path.join(f.output_dir, "ablation.json"), "w") as out:
-    json.dump(report, out, indent=2)
+    json.dump(without_curves(report), out, indent=2)
   png = os.path.join(f.output_dir, "ablation_curves.png")
   plot(report, png, f.frames_per_step, f.title)
   print(f"Wrote {f.output_dir}/ablation.json and {png}")

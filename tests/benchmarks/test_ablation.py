@@ -40,6 +40,9 @@ def test_cells_are_summarised_per_correction_and_delay(tmp_path):
   table = ablation.format_table(report)
   assert "| vtrace | 15.00 (10.0, 20.0) | 14.62 | 3.0 | – | – | – |" in table
   assert table.splitlines()[0].count("delay 16") == 3
+  assert "curve" in vtrace["runs"]["seed_0"]
+  assert "curve" not in ablation.without_curves(report)["configs"]["vtrace_delay0"]["runs"][
+      "seed_0"]
   png = str(tmp_path / "curves.png")
   ablation.plot(report, png, frames_per_step=1, title="test")
   assert os.path.getsize(png) > 1000
