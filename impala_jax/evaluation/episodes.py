@@ -132,20 +132,19 @@ def _check_counts(num_episodes: int, num_envs: int) -> None:
 
 
 def _game_ends(env, action: np.ndarray, tracker: envs.EpisodeTracker):
-  """One synchronous step of every environment: (observation, first [K], env_ids of the games
-  that ended, their `EpisodeStats`)."""
+  """One synchronous step of every environment: (observation, ended [K]: it is the last
+  observation of a game, env_ids of the games that ended, their `EpisodeStats`)."""
   observation, reward, terminated, truncated, info = env.step(action)
   env_ids = np.asarray(info["env_id"])
   if not np.array_equal(env_ids, np.arange(len(env_ids))):  # Rows are environments, in order.
     raise RuntimeError(f"A synchronous EnvPool answered for environments {env_ids}.")
-  # With episodic_life=False a game ends exactly at terminated | truncated, and the next step
-  # is EnvPool's reset: the first step of the next game.
-  first = np.asarray(terminated, bool) | np.asarray(truncated, bool)
+  # With episodic_life=False a game ends exactly at terminated | truncated.
+  ended = np.asarray(terminated, bool) | np.asarray(truncated, bool)
   finished = tracker.update(env_ids, reward, terminated, truncated, info)
-  if len(finished) != int(first.sum()):
+  if len(finished) != int(ended.sum()):
     raise RuntimeError("EpisodeTracker and the environment disagree on episode ends; "
                        "is episodic_life on?")
-  return observation, first, env_ids[first], finished
+  return observation, ended, env_ids[ended], finished
 
 
 def play_episodes(network: networks.ImpalaNetwork, params: Any,
@@ -180,7 +179,8 @@ def play_episodes(network: networks.ImpalaNetwork, params: Any,
     key = jax.random.PRNGKey(seed)
     core_state = network.initial_state(num_envs)
     observation, _ = env.reset()
-    first = np.ones(num_envs, bool)
+    # `first`: `observation` starts a game; `last`: it ends one.
+    first, last = np.ones(num_envs, bool), np.zeros(num_envs, bool)
     recording, recorded, agent_steps = on_frame is not None, 0, 0
     if recording:
       on_frame(_render(env))
@@ -188,8 +188,13 @@ def play_episodes(network: networks.ImpalaNetwork, params: Any,
     while not games.done:
       key, step_key = jax.random.split(key)
       action, core_state = act(params, observation, first, core_state, step_key)
-      observation, first, ended_ids, finished = _game_ends(
+      observation, ended, ended_ids, finished = _game_ends(
           env, envs.to_env_action(np.asarray(action), spec), tracker)
+      # EnvPool's next-step autoreset: the step that ends a game returns its last observation,
+      # and the step after it (its action ignored) the next game's first. The core state
+      # restarts there, where the actors mark `first` in training (`acting.recorder`); a step
+      # early, each later game would start from the state of the last game's end.
+      first, last = last, ended
       agent_steps += num_envs
       if recording:
         on_frame(_render(env))

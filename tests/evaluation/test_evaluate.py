@@ -22,11 +22,13 @@ from impala_jax import config as config_lib
 from impala_jax import envs
 from impala_jax import networks
 from impala_jax.envs import atari_scores
+from impala_jax.envs import examples
 from impala_jax.evaluation import episodes as episodes_lib
 from impala_jax.evaluation import policy as policy_lib
 from impala_jax.evaluation import video as video_lib
 from impala_jax.learning import optimizers
 from impala_jax.learning.update import TrainState
+from impala_jax.rl import distributions
 from impala_jax.runtime import checkpoint as checkpoint_lib
 from impala_jax.runtime import training
 
@@ -187,6 +189,33 @@ def test_lstm_agent_keeps_its_state_within_a_game_and_resets_it_between_games(ls
   second = episodes_lib.play_episodes(policy.network, policy.params, env, 3, seed=3)
   assert len(first.episodes) == 3 and first.episodes == second.episodes
   assert all(e.episode_return == e.episode_length for e in first.episodes)
+
+
+class _RememberFirstObservation:
+  """A stand-in recurrent network for the cue-recall task: its state is the observation it was
+  given with `first` True, and it names the cue kept there (greedily). It wins every game if,
+  and only if, `first` marks each game's first observation, where the cue is shown."""
+
+  def initial_state(self, batch_size):
+    return jnp.zeros((batch_size, examples.NUM_CUES + 1), jnp.float32)
+
+  def apply(self, params, observation, first, core_state):
+    del params
+    state = jnp.where(first[0][:, None], observation[0], core_state)
+    policy = distributions.Categorical(logits=state[None, :, :examples.NUM_CUES])
+    return networks.AgentOutput(policy=policy, value=jnp.zeros((1, len(state)))), state
+
+
+@pytest.mark.parametrize("num_envs", [1, 3])
+def test_the_core_state_restarts_at_each_games_first_observation(num_envs):
+  # EnvPool's next-step autoreset: the step that ends a game returns its last observation; the
+  # next one, the reset, returns the next game's first. The state must restart there, as the
+  # actors mark it in training; one step early, every game after an environment's first
+  # starts from the state of the last game's end, and the cue is missed.
+  env = config_lib.EnvConfig("impala_jax.envs.examples:make_cue_recall", num_envs=num_envs,
+                             seed=4)
+  result = episodes_lib.play_episodes(_RememberFirstObservation(), None, env, 12, greedy=True)
+  assert [e.episode_return for e in result.episodes] == [examples.CORRECT_REWARD] * 12
 
 
 def test_pong_evaluation_scores_human_normalised_with_an_rgb_gif(pong_run, tmp_path):

@@ -26,6 +26,13 @@ import envpool
 from absl import flags
 sys.path.insert(0, sys.argv[1])
 from experiments import common
+from impala_jax.envs import custom_copies
+
+def known_env(env_id):  # An EnvPool task, or a `module.path:factory` that imports.
+  if custom_copies.SEPARATOR in env_id:
+    return callable(custom_copies.load_factory(env_id))
+  return env_id in envpool.list_all_envs()
+
 results = {}
 for script, flagfile in json.loads(sys.argv[2]):
   before = set(flags.FLAGS)
@@ -37,7 +44,7 @@ for script, flagfile in json.loads(sys.argv[2]):
   flags.FLAGS(["prog", "--flagfile=" + flagfile])
   config = common.config_from_flags()
   results[flagfile] = dict(script=script, env_id=config.env.env_id,
-                           known_env=config.env.env_id in envpool.list_all_envs(),
+                           known_env=known_env(config.env.env_id), use_lstm=config.network.use_lstm,
                            objective=config.loss.objective, total_env_steps=config.total_env_steps)
   for name in set(flags.FLAGS) - before:
     delattr(flags.FLAGS, name)  # The next script defines them again with its own defaults.
@@ -79,10 +86,13 @@ def test_every_configuration_builds_a_valid_config():
   parsed = json.loads(result.stdout.strip().splitlines()[-1])
   assert sorted(parsed) == CONFIGS
   for path, summary in parsed.items():
-    assert summary["known_env"], f"{path}: unknown EnvPool id {summary['env_id']}"
+    assert summary["known_env"], f"{path}: unknown environment {summary['env_id']}"
     assert summary["total_env_steps"] > 0
   assert parsed[os.path.join(REPO, "experiments", "configs", "pong_appo.flags")][
       "objective"] == "appo"
+  memory = {name: parsed[os.path.join(REPO, "experiments", "configs", f"memory_{name}.flags")]
+            for name in ("lstm", "ff")}
+  assert memory["lstm"]["use_lstm"] and not memory["ff"]["use_lstm"]
 
 
 def test_the_preset_follows_the_backend():
