@@ -46,7 +46,7 @@ def first_crossing(episodes: List[Episode], threshold: float,
   return None
 
 
-def _steps_per_second(logdir: str) -> Optional[float]:
+def steps_per_second(logdir: str) -> Optional[float]:
   """Agent steps per second over the run, from metrics.csv's first and last rows."""
   rows = metrics_lib.read_csv(os.path.join(logdir, "metrics.csv"))
   if len(rows) < 2:
@@ -70,7 +70,7 @@ def summarize_run(logdir: str, threshold: float) -> Dict[str, Any]:
       best_score=max((scores[i] for i in row_ends if i + 1 >= GAMES), default=None),
       final_env_steps=episodes[-1].env_steps if episodes else 0,
       final_wall_seconds=episodes[-1].wall_seconds if episodes else 0.0,
-      steps_per_second=_steps_per_second(logdir),
+      steps_per_second=steps_per_second(logdir),
       curve=dict(env_steps=[e.env_steps for e in episodes],
                  wall_seconds=[e.wall_seconds for e in episodes], score=scores))
 

@@ -46,21 +46,6 @@ from impala_jax.runtime import metrics
 from impala_jax.runtime import scores
 from impala_jax.runtime import telemetry
 
-flags.DEFINE_string("logdir", None, "One run directory (the single-run usage).")
-flags.DEFINE_list("logdirs", [], "Run directories or glob patterns, comma-separated.")
-flags.DEFINE_list("labels", [], "One label per --logdirs entry; default from the directories.")
-flags.DEFINE_string("output", None, "PNG to write; default <logdir>/learning_curve.png for "
-                    "one run, else learning_curves.png in the runs' common directory.")
-flags.DEFINE_string("aggregate_output", None, "PNG of the aggregate over Atari games; "
-                    "default <output>_aggregate.png.")
-flags.DEFINE_string("title", None, "Figure title; default the run's name or the run count.")
-flags.DEFINE_integer("frames_per_step", 0, "Frames per agent step; 0: from each run's "
-                     "config.json (Atari: frame_skip, else 1; 4 without a config).")
-flags.DEFINE_integer("window", telemetry.RECENT_EPISODES,
-                     "The score is the mean of the last this many games.")
-flags.DEFINE_enum("band", "minmax", ["minmax", "stderr"], "Spread over a group's runs.")
-flags.DEFINE_integer("bootstrap_reps", 2000, "Bootstrap replicates of the aggregate intervals.")
-flags.DEFINE_integer("seed", 0, "Seeds the bootstrap.")
 
 _GRID_POINTS = 200
 _SEED_DIR = re.compile(r"seed[_-]?\d+", re.IGNORECASE)
@@ -82,6 +67,26 @@ class Curve(NamedTuple):
   low: np.ndarray
   high: np.ndarray
   runs: int
+
+
+def define_flags() -> None:
+  """The script's flags; defined when it runs, so that benchmarks can import its functions
+  (benchmarks/multitask.py) without taking its flag names."""
+  flags.DEFINE_string("logdir", None, "One run directory (the single-run usage).")
+  flags.DEFINE_list("logdirs", [], "Run directories or glob patterns, comma-separated.")
+  flags.DEFINE_list("labels", [], "One label per --logdirs entry; default from the directories.")
+  flags.DEFINE_string("output", None, "PNG to write; default <logdir>/learning_curve.png for "
+                      "one run, else learning_curves.png in the runs' common directory.")
+  flags.DEFINE_string("aggregate_output", None, "PNG of the aggregate over Atari games; "
+                      "default <output>_aggregate.png.")
+  flags.DEFINE_string("title", None, "Figure title; default the run's name or the run count.")
+  flags.DEFINE_integer("frames_per_step", 0, "Frames per agent step; 0: from each run's "
+                       "config.json (Atari: frame_skip, else 1; 4 without a config).")
+  flags.DEFINE_integer("window", telemetry.RECENT_EPISODES,
+                       "The score is the mean of the last this many games.")
+  flags.DEFINE_enum("band", "minmax", ["minmax", "stderr"], "Spread over a group's runs.")
+  flags.DEFINE_integer("bootstrap_reps", 2000, "Bootstrap replicates of the aggregate intervals.")
+  flags.DEFINE_integer("seed", 0, "Seeds the bootstrap.")
 
 
 # -- reading runs -----------------------------------------------------------------------------
@@ -413,4 +418,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -43,9 +43,13 @@ for script, flagfile in json.loads(sys.argv[2]):
     importlib.reload(module)
   flags.FLAGS(["prog", "--flagfile=" + flagfile])
   config = common.config_from_flags()
+  # A multi-task config lists several games (`EnvConfig.tasks`): each must be EnvPool's.
   results[flagfile] = dict(script=script, env_id=config.env.env_id,
-                           known_env=known_env(config.env.env_id), use_lstm=config.network.use_lstm,
-                           objective=config.loss.objective, total_env_steps=config.total_env_steps)
+                           known_env=all(known_env(task) for task in config.env.tasks),
+                           use_lstm=config.network.use_lstm,
+                           objective=config.loss.objective, total_env_steps=config.total_env_steps,
+                           reward_clip=config.env.reward_clip, popart=config.popart.enabled,
+                           popart_tasks=config.popart.num_tasks)
   for name in set(flags.FLAGS) - before:
     delattr(flags.FLAGS, name)  # The next script defines them again with its own defaults.
 print(json.dumps(results))
@@ -93,6 +97,24 @@ def test_every_configuration_builds_a_valid_config():
   memory = {name: parsed[os.path.join(REPO, "experiments", "configs", f"memory_{name}.flags")]
             for name in ("lstm", "ff")}
   assert memory["lstm"]["use_lstm"] and not memory["ff"]["use_lstm"]
+  multitask = {variant: parsed[os.path.join(REPO, "experiments", "configs",
+                                            f"multitask_{variant}.flags")]
+               for variant in ("clipped", "unclipped", "popart")}
+  assert {(m["reward_clip"], m["popart"]) for m in multitask.values()} == {
+      (True, False), (False, False), (False, True)}
+  assert multitask["popart"]["popart_tasks"] == 3  # One set of statistics per game.
+
+
+def test_the_multitask_variants_differ_only_in_reward_clipping_and_popart():
+  # benchmarks/multitask.py compares them at equal budgets: nothing else may differ.
+  variant_flags = re.compile(r"^--(no)?(reward_clip|popart)(_step_size=.*)?$|^--logdir=")
+  settings = []
+  for variant in ("clipped", "unclipped", "popart"):
+    with open(os.path.join(REPO, "experiments", "configs", f"multitask_{variant}.flags")) as f:
+      lines = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    settings.append([line for line in lines if not variant_flags.match(line)])
+  assert settings[0] == settings[1] == settings[2]
+  assert "--env=Pong-v5,Breakout-v5,SpaceInvaders-v5" in settings[0]
 
 
 def test_the_preset_follows_the_backend():
