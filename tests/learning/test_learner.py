@@ -397,14 +397,20 @@ _TWO_DEVICE_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_two_devices_give_the_same_update_as_one():
+def run_on_two_devices(script_template: str, expected: str) -> None:
+  """Runs `script_template` (formatted with `tests_dir`) in a process with two CPU devices;
+  fails unless it exits 0 and prints `expected`."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
              JAX_PLATFORMS="cpu")
-  script = _TWO_DEVICE_SCRIPT.format(tests_dir=os.path.dirname(__file__))
+  script = script_template.format(tests_dir=os.path.dirname(__file__))
   out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                        timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert "SAME_PARAMS" in out.stdout
+  assert expected in out.stdout
+
+
+def test_two_devices_give_the_same_update_as_one():
+  run_on_two_devices(_TWO_DEVICE_SCRIPT, "SAME_PARAMS")
 
 
 def test_update_compiles_once_across_steps():

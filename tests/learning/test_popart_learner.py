@@ -3,9 +3,6 @@ of one update (targets, ART, POP, loss), the statistics following the targets, e
 keeping the same statistics, and PopArt off leaving the plain update as it was."""
 
 import dataclasses
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -211,13 +208,7 @@ _TWO_DEVICE_SCRIPT = textwrap.dedent("""
 
 
 def test_two_devices_keep_the_statistics_one_device_computes():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu")
-  script = _TWO_DEVICE_SCRIPT.format(tests_dir=os.path.dirname(__file__))
-  out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                       timeout=300)
-  assert out.returncode == 0, out.stderr[-3000:]
-  assert "SAME_STATISTICS" in out.stdout
+  plain.run_on_two_devices(_TWO_DEVICE_SCRIPT, "SAME_STATISTICS")
 
 
 # ---------------------------------------------------------------------------------------------
