@@ -1,4 +1,4 @@
-"""Checks shared by the configuration modules (`config`, `config_scale_out`)."""
+"""Checks shared by the configuration modules (`config`, `config_learning`, `config_scale_out`)."""
 
 import ipaddress
 

@@ -20,7 +20,8 @@ LAYERS: Tuple[Tuple[str, ...], ...] = (
     # The ground floor: imports nothing of the package.
     ("types", "stage_clock", "threads", "queues", "config_checks"),
     ("rl",),  # Pure math.
-    ("config_scale_out",),  # The scale-out designs' settings, re-exported by config.
+    # The scale-out designs' and the learner's settings, re-exported by config.
+    ("config_scale_out", "config_learning"),
     ("config",),
     ("envs", "networks"),
     ("learning", "acting"),
