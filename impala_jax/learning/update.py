@@ -290,6 +290,28 @@ def _scanned_steps(gradient_step, params, opt_state, popart_state, batch, order)
   return params, opt_state, popart_state, jax.tree.map(jnp.mean, metrics), jnp.all(finite)
 
 
+def _popart_steps(apply_fn: Callable[..., Any], loss_config: config_lib.LossConfig,
+                  popart: config_lib.PopArtConfig, axis_name: str) -> Dict[str, Any]:
+  """`_make_gradient_step`'s PopArt arguments: none when PopArt is off."""
+  if not popart.enabled:
+    return {}
+  return dict(
+      popart_targets_fn=make_popart_targets_fn(apply_fn, loss_config),
+      popart_update=popart_lib.popart(popart.num_tasks, popart.settings(), axis_name).update)
+
+
+def _check_traced(state: TrainState, batch_size: int, num_minibatches: int,
+                  popart_enabled: bool) -> None:
+  """Checked once, while tracing (the shapes and the state's structure are static)."""
+  if batch_size % num_minibatches:
+    raise ValueError(f"This device's {batch_size} unrolls do not split into "
+                     f"num_minibatches={num_minibatches} minibatches of whole unrolls.")
+  if popart_enabled != (state.popart is not None):
+    raise ValueError(f"PopArt is {'on' if popart_enabled else 'off'} but the train state "
+                     f"{'lacks' if popart_enabled else 'holds'} its statistics "
+                     "(`initial_train_state`).")
+
+
 def make_update_fn(apply_fn: Callable[..., Any], optimizer: optax.GradientTransformation,
                    loss_config: config_lib.LossConfig, *, num_epochs: int = 1,
                    num_minibatches: int = 1, seed: int = 0, axis_name: str = AXIS,
@@ -325,13 +347,8 @@ def make_update_fn(apply_fn: Callable[..., Any], optimizer: optax.GradientTransf
     ValueError: when traced on a batch whose unrolls don't split into `num_minibatches`.
   """
   loss_fn = make_loss_fn(apply_fn, loss_config)
-  popart_steps = {}
-  if popart.enabled:
-    popart_steps = dict(
-        popart_targets_fn=make_popart_targets_fn(apply_fn, loss_config),
-        popart_update=popart_lib.popart(popart.num_tasks, popart.settings(), axis_name).update)
   gradient_step = _make_gradient_step(loss_fn, optimizer, axis_name, loss_config.reduction,
-                                      **popart_steps)
+                                      **_popart_steps(apply_fn, loss_config, popart, axis_name))
   base_key = jax.random.PRNGKey(seed)
   use_proximal = loss_config.objective == "appo" and loss_config.ppo_ratio == "proximal"
   proximal_log_probs_fn = make_proximal_log_probs_fn(apply_fn)
@@ -341,15 +358,9 @@ def make_update_fn(apply_fn: Callable[..., Any], optimizer: optax.GradientTransf
 
   def update(state: TrainState, batch: types.Unroll) -> Tuple[TrainState, Dict[str, jax.Array]]:
     batch_size = batch.reward.shape[1]
-    if batch_size % num_minibatches:  # Checked once, while tracing: the shapes are static.
-      raise ValueError(f"This device's {batch_size} unrolls do not split into "
-                       f"num_minibatches={num_minibatches} minibatches of whole unrolls.")
+    _check_traced(state, batch_size, num_minibatches, popart.enabled)
     order = _minibatch_order(jax.random.fold_in(base_key, state.update_step), batch_size,
                              num_epochs, num_minibatches)
-    if popart.enabled != (state.popart is not None):  # Checked once, while tracing.
-      raise ValueError(f"PopArt is {'on' if popart.enabled else 'off'} but the train state "
-                       f"{'lacks' if popart.enabled else 'holds'} its statistics "
-                       "(`initial_train_state`).")
     proximal = proximal_log_probs_fn(state.params, batch) if use_proximal else None
     params, opt_state, popart_state, metrics, all_finite = steps(
         gradient_step, state.params, state.opt_state, state.popart, (batch, proximal), order)
