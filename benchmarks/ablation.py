@@ -167,7 +167,8 @@ def plot(report: Mapping[str, Any], path: str, frames_per_step: int, title: str)
       curves = learning_report.scores_on_grid(runs, "env_steps", grid)
       x = grid * frames_per_step / 1e6
       line, = ax.plot(x, curves.mean(axis=0), lw=1.6,
-                      label=f"{correction} (lag {c['policy_lag']:.1f}, {len(runs)} seeds)")
+                      label=f"{correction} (lag {c['policy_lag']:.1f}, {len(runs)} "
+                      f"seed{'s' if len(runs) > 1 else ''})")
       ax.fill_between(x, curves.min(axis=0), curves.max(axis=0), color=line.get_color(),
                       alpha=0.15, lw=0)
     ax.set_title(f"--publish_delay_updates={delay}")
