@@ -46,7 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import learning
 from benchmarks import learning_scores
-from experiments import plot_metrics
+from experiments import run_curves
 from impala_jax import config as config_lib
 from impala_jax.envs import atari_scores
 from impala_jax.evaluation import aggregate
@@ -101,7 +101,7 @@ def run_games(logdir: str) -> List[str]:
   Raises:
     ValueError: a game without human and random reference scores (not one of the Atari-57).
   """
-  config = plot_metrics.read_config(logdir)
+  config = run_curves.read_config(logdir)
   if config is None:
     return []
   games = config["env"]["env_id"].split(config_lib.TASK_SEPARATOR)
@@ -118,7 +118,7 @@ def summarize_run(logdir: str) -> Optional[Dict[str, Any]]:
       r.get("game") for r in metrics_lib.read_csv(os.path.join(logdir, "episodes.csv")))
   games, curves = {}, {}
   for env_id in run_games(logdir):
-    curve = plot_metrics.load_curve(logdir, GAMES, game=env_id)
+    curve = run_curves.load_curve(logdir, GAMES, game=env_id)
     if curve is None:
       return None
     steps, wall, score, _ = curve
@@ -258,11 +258,11 @@ def format_table(report: Mapping[str, Any]) -> str:
 
 
 def _runs_of_game(variant: Mapping[str, Any], name: str, env_id: str,
-                  frames_per_step: int) -> List[plot_metrics.Run]:
+                  frames_per_step: int) -> List[run_curves.Run]:
   runs = []
   for seed, r in variant["runs"].items():
     c = r["curves"][env_id]
-    runs.append(plot_metrics.Run(
+    runs.append(run_curves.Run(
         seed, name, env_id, np.asarray(c["env_steps"], np.float64) * frames_per_step,
         np.asarray(c["wall_seconds"]), np.asarray(c["score"]), "episodes.csv"))
   return runs
@@ -275,7 +275,8 @@ def _seeds(count: int) -> str:
 def plot(report: Mapping[str, Any], path: str, frames_per_step: int, title: str) -> None:
   """A panel per game (score against frames, one colour per variant, mean and min–max over
   seeds), and one of the median-HNS curve."""
-  # Headless: importing experiments.plot_metrics chose matplotlib's Agg backend.
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")  # Headless: writes the file, never opens a window.
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   games = _games(report)
@@ -287,7 +288,7 @@ def plot(report: Mapping[str, Any], path: str, frames_per_step: int, title: str)
     for ax, env_id in zip(panels, games):
       if env_id not in v["games"]:
         continue
-      curve = plot_metrics.group_curve(_runs_of_game(v, name, env_id, frames_per_step),
+      curve = run_curves.group_curve(_runs_of_game(v, name, env_id, frames_per_step),
                                        "frames", "minmax")
       ax.plot(curve.x / 1e6, curve.mean, color=color, lw=1.4,
               label=f"{name} ({_seeds(curve.runs)})")
