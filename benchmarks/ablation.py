@@ -21,7 +21,6 @@ a PNG with one panel per delay, score against frames, one colour per correction 
 min–max over seeds); and the numbers as JSON (without the curves).
 """
 
-import json
 import os
 import statistics
 import sys
@@ -199,11 +198,8 @@ def main(argv: Sequence[str]) -> None:
   if not report["configs"]:
     raise app.UsageError(f"No runs with an episodes.csv under {f.output_dir}.")
   print(format_table(report))
-  with open(os.path.join(f.output_dir, "ablation.json"), "w") as out:
-    json.dump(without_curves(report), out, indent=2)
-  png = os.path.join(f.output_dir, "ablation_curves.png")
-  plot(report, png, f.frames_per_step, f.title)
-  print(f"Wrote {f.output_dir}/ablation.json and {png}")
+  learning_report.write_outputs(f.output_dir, "ablation", without_curves(report),
+                                lambda png: plot(report, png, f.frames_per_step, f.title))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """The learning benchmark's table and plot (score curves: mean and min–max over seeds)."""
 
+import json
 import math
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+import os
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -103,3 +105,14 @@ def curves_at(report: Mapping[str, Any], name: str, env_steps: List[int]) -> Dic
   with np.errstate(all="ignore"):
     mean = np.nanmean(scores_on_grid(runs, "env_steps", grid), axis=0)
   return {s: float(v) for s, v in zip(env_steps, mean)}
+
+
+def write_outputs(output_dir: str, stem: str, json_report: Any,
+                  draw: Callable[[str], None]) -> None:
+  """Writes `<stem>.json` and, through `draw(path)`, `<stem>_curves.png` into `output_dir`."""
+  json_path = os.path.join(output_dir, f"{stem}.json")
+  with open(json_path, "w") as out:
+    json.dump(json_report, out, indent=2)
+  png = os.path.join(output_dir, f"{stem}_curves.png")
+  draw(png)
+  print(f"Wrote {json_path} and {png}")

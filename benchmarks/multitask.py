@@ -32,7 +32,6 @@ panel of the median-HNS curve) and the numbers as JSON (without the curves).
 """
 
 import collections
-import json
 import os
 import statistics
 import sys
@@ -45,6 +44,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import learning
+from benchmarks import learning_report
 from benchmarks import learning_scores
 from experiments import run_curves
 from impala_jax import config as config_lib
@@ -348,11 +348,8 @@ def main(argv: Sequence[str]) -> None:
   if not report["variants"]:
     raise app.UsageError(f"No runs under {f.output_dir} where every game has finished a game.")
   print(format_table(report))
-  with open(os.path.join(f.output_dir, "multitask.json"), "w") as out:
-    json.dump(without_curves(report), out, indent=2)
-  png = os.path.join(f.output_dir, "multitask_curves.png")
-  plot(report, png, f.frames_per_step, f.title)
-  print(f"Wrote {f.output_dir}/multitask.json and {png}")
+  learning_report.write_outputs(f.output_dir, "multitask", without_curves(report),
+                                lambda png: plot(report, png, f.frames_per_step, f.title))
 
 
 if __name__ == "__main__":
