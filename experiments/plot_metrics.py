@@ -184,7 +184,10 @@ def main(argv):
                          f"labels for {len(f.logdirs)} entries.")
   if f.window < 1:
     raise app.UsageError(f"--window must be >= 1, got {f.window}.")
-  entries = expand_logdirs(patterns)
+  try:
+    entries = expand_logdirs(patterns)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
   runs = load_runs(entries, f.labels, f.window, f.frames_per_step)
   if not runs:
     raise app.UsageError(f"No finished episodes yet in {', '.join(d for _, d in entries)}.")

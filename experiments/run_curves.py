@@ -54,7 +54,7 @@ def expand_logdirs(patterns: Sequence[str]) -> List[Tuple[int, str]]:
     matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
     matches = [m for m in matches if os.path.isdir(m)]
     if not matches:
-      raise app.UsageError(f"No run directory matches {pattern!r}.")
+      raise ValueError(f"No run directory matches {pattern!r}.")
     for match in matches:
       key = os.path.abspath(match)
       if key not in seen:
@@ -118,19 +118,14 @@ def load_curve(logdir: str, window: int, game: Optional[str] = None
   `game`: only the games of that env id (one game of a multi-task run), from episodes.csv.
   """
   columns = _columns(logdir, "episodes.csv", game)
-  if game is not None:
-    if columns is None:
-      return None
-    steps, wall, returns = columns
-    last = scores.row_ends(steps)
-    return (steps[last], _continuous_wall(wall)[last],
-            scores.rolling_means(returns, window)[last], "episodes.csv")
   if columns is not None:
     steps, wall, returns = columns
     # The score at each metrics row: after the last of the games written at it.
     last = scores.row_ends(steps)
     return (steps[last], _continuous_wall(wall)[last],
             scores.rolling_means(returns, window)[last], "episodes.csv")
+  if game is not None:
+    return None  # Only episodes.csv tells a multi-task run's games apart.
   columns = _columns(logdir, "metrics.csv")
   if columns is not None:
     steps, wall, returns = columns  # One mean per row already.

@@ -83,6 +83,7 @@ def test_labels_group_runs_and_bad_patterns_fail(tmp_path):
   assert result.stdout.count("Pong-v5 slow:") == 2 and result.stdout.count("Pong-v5 fast:") == 2
   result = _plot(f"--logdirs={tmp_path}/nothing_here_*")
   assert result.returncode != 0 and "No run directory matches" in result.stderr
+  assert "Traceback" not in result.stderr, result.stderr  # A usage error, not a crash.
 
 
 def test_a_multi_task_run_gives_a_curve_per_game_and_their_aggregate(tmp_path):
